@@ -1,0 +1,40 @@
+# `make serve` and `make test` do all the set-up a fresh machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+.PHONY: serve test setup lint models clean
+
+serve: $(VENV)/.serve-installed
+	$(BIN)/modelfn serve breast-cancer
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+setup: $(VENV)/.all-installed models
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	touch $@
+
+$(VENV)/.serve-installed: $(VENV)/.created pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[server,image]'
+	touch $@
+
+$(VENV)/.all-installed: $(VENV)/.created pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[all,dev,models]'
+	touch $@ $(VENV)/.serve-installed
+
+models: $(VENV)/.all-installed
+	$(BIN)/python functions/sentence-embed/build.py
+
+lint: $(VENV)/.all-installed
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build cdk.out node_modules

@@ -1,0 +1,247 @@
+"""Codecs: how a function's natural payload maps to graph inputs and outputs back to JSON.
+`tensor` serves any model with no code; `records`, `image` and `text` say what the
+payload means so clients can send rows, pictures or sentences."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelfn.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from modelfn.session import TensorInfo
+from modelfn.spec import IOSpec
+from modelfn.tensors import coerce, to_json_shaped, wants_batch_axis
+
+Feeds = dict[str, np.ndarray]
+JSON_TYPES = ("application/json", "text/json")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
+
+
+@dataclass
+class Decoded:
+    """Graph feeds for one request, and whether the caller sent one item (outputs lose the batch axis)."""
+
+    feeds: Feeds
+    single: bool = False
+
+    @property
+    def rows(self) -> int:
+        first = next(iter(self.feeds.values()), None)
+        return 1 if first is None or first.ndim == 0 else int(first.shape[0])
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def parse_json(body: bytes | str) -> Any:
+    if not body or not (body.strip() if isinstance(body, bytes | str) else True):
+        raise BadRequest("empty body: send a JSON document")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def b64decode(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what}: expected a base64 string, got {type(text).__name__}")
+    try:
+        return base64.b64decode(text.split(",", 1)[-1] if text.startswith("data:") else text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{what}: invalid base64") from None
+
+
+class Codec:
+    """Decode a payload into feeds; encode outputs into JSON."""
+
+    media_types: tuple[str, ...] = JSON_TYPES
+
+    def __init__(self, io_spec: IOSpec, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
+        self.io = io_spec
+        self.inputs = {i.name: i for i in inputs}
+        self.outputs = outputs
+        self.target = self.inputs[io_spec.input] if io_spec.input in self.inputs else inputs[0]
+
+    def parse(self, body: bytes, content_type: str | None) -> Any:
+        """The payload object for a raw HTTP body, by its content type."""
+        kind = media_type(content_type)
+        if kind in JSON_TYPES or kind.endswith("+json") or (not kind and JSON_TYPES[0] in self.media_types):
+            return parse_json(body)
+        if kind in self.media_types:
+            return self.raw(body, kind)
+        allowed = ", ".join(self.media_types)
+        raise UnsupportedMediaType(f"content type {kind or '(none)'!r} is not accepted here; send one of: {allowed}")
+
+    def raw(self, body: bytes, kind: str) -> Any:
+        return body
+
+    def decode(self, payload: Any) -> Decoded:
+        raise NotImplementedError
+
+    def encode(self, outputs: dict[str, np.ndarray], single: bool) -> dict[str, Any]:
+        return {name: to_json_shaped(value[0] if single and value.ndim else value) for name, value in outputs.items()}
+
+    def _coerce_one(self, value: Any, info: TensorInfo) -> tuple[np.ndarray, bool]:
+        single = wants_batch_axis(value, info)
+        array = coerce([value] if single else value, info, self.io.nan_policy)
+        return array, single
+
+
+class TensorCodec(Codec):
+    """`{"inputs": {"name": value, ...}}`, a bare `{"name": value}`, or a bare value for a one-input model."""
+
+    def decode(self, payload: Any) -> Decoded:
+        if isinstance(payload, dict) and isinstance(payload.get("inputs"), dict):
+            payload = payload["inputs"]
+        if not isinstance(payload, dict):
+            if len(self.inputs) != 1:
+                raise InvalidInput(f"this model has several inputs; send an object keyed by {sorted(self.inputs)}")
+            payload = {self.target.name: payload}
+        unknown = sorted(set(payload) - set(self.inputs))
+        if unknown:
+            raise InvalidInput(f"unknown input(s) {unknown}; the model takes {sorted(self.inputs)}", inputs=unknown)
+        missing = sorted(set(self.inputs) - set(payload))
+        if missing:
+            raise InvalidInput(f"missing input(s) {missing}; the model takes {sorted(self.inputs)}", inputs=missing)
+        feeds, singles = {}, set()
+        for name, info in self.inputs.items():
+            feeds[name], single = self._coerce_one(payload[name], info)
+            singles.add(single)
+        if len(singles) > 1:
+            raise InvalidInput("send every input with a batch axis, or none of them")
+        return Decoded(feeds, single=singles.pop())
+
+
+class RecordsCodec(Codec):
+    """A JSON object per row, `{"column": value}`, mapped to a feature vector in `io.columns` order."""
+
+    def decode(self, payload: Any) -> Decoded:
+        if isinstance(payload, dict) and "records" in payload:
+            payload = payload["records"]
+        single = isinstance(payload, dict)
+        rows = [payload] if single else payload
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            raise InvalidInput("expected a JSON object or a non-empty list of objects keyed by column name")
+        columns = self.io.columns
+        for index, row in enumerate(rows):
+            missing = [c for c in columns if c not in row]
+            unknown = sorted(set(row) - set(columns))
+            if missing or unknown:
+                problems = (["missing " + ", ".join(missing)] if missing else []) + (["unknown " + ", ".join(unknown)] if unknown else [])
+                raise InvalidInput(f"record {index}: {'; '.join(problems)} (columns are {columns})", record=index)
+        matrix = [[row[c] for c in columns] for row in rows]
+        return Decoded({self.target.name: coerce(matrix, self.target, self.io.nan_policy)}, single=single)
+
+
+class ImageCodec(Codec):
+    """PNG/JPEG bytes as the body, or `{"image": base64}` / `{"images": [base64, ...]}`; resized,
+    scaled, normalised and laid out as `io.image` says."""
+
+    media_types = JSON_TYPES + IMAGE_TYPES
+
+    def raw(self, body: bytes, kind: str) -> Any:
+        if not body:
+            raise BadRequest("empty body: send image bytes")
+        return {"images": [body]}
+
+    def decode(self, payload: Any) -> Decoded:
+        single = False
+        if isinstance(payload, dict) and "image" in payload:
+            images, single = [payload["image"]], True
+        elif isinstance(payload, dict) and isinstance(payload.get("images"), list):
+            images = payload["images"]
+            single = len(images) == 1 and isinstance(images[0], bytes)
+        else:
+            raise InvalidInput('expected image bytes, {"image": "<base64>"} or {"images": ["<base64>", ...]}')
+        if not images:
+            raise InvalidInput("no images in the request")
+        arrays = [self._pixels(img if isinstance(img, bytes) else b64decode(img, f"image {i}")) for i, img in enumerate(images)]
+        batch = np.stack(arrays)
+        return Decoded({self.target.name: coerce(batch, self.target, "reject")}, single=single)
+
+    def _size(self) -> tuple[int, int]:
+        spec, shape = self.io.image, self.target.shape or ()
+        width, height = spec.width, spec.height
+        if not (width and height) and spec.layout != "flat" and len(shape) == 4:
+            h, w = (shape[2], shape[3]) if spec.layout == "NCHW" else (shape[1], shape[2])
+            height, width = height or h or 0, width or w or 0
+        if not (width and height):
+            raise InvalidInput("the image size is unknown: set io.image.width and io.image.height")
+        return width, height
+
+    def _pixels(self, data: bytes) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        spec = self.io.image
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img = img.convert(spec.mode).resize(self._size(), Image.Resampling.BILINEAR)
+                array = np.asarray(img, dtype=np.float32)
+        except UnidentifiedImageError:
+            raise BadRequest("the image could not be decoded: not a PNG, JPEG or other known image format") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise BadRequest(f"the image could not be decoded: {exc}") from None
+        if spec.invert:
+            array = 255.0 - array
+        array = array * spec.scale
+        if array.ndim == 2:
+            array = array[..., None]
+        if spec.mean:
+            array = array - np.asarray(spec.mean, dtype=np.float32)
+        if spec.std:
+            array = array / np.asarray(spec.std, dtype=np.float32)
+        if spec.layout == "NCHW":
+            return array.transpose(2, 0, 1)
+        if spec.layout == "flat":
+            return array.reshape(-1)
+        return array
+
+
+class TextCodec(Codec):
+    """`{"text": "..."}`, `{"texts": [...]}`, a JSON string or list, or a text/plain body,
+    through the function's tokenizer hook."""
+
+    media_types = JSON_TYPES + ("text/plain",)
+
+    def __init__(self, io_spec: IOSpec, inputs: list[TensorInfo], outputs: list[TensorInfo], tokenize: Callable[[list[str]], Feeds]) -> None:
+        super().__init__(io_spec, inputs, outputs)
+        self.tokenize = tokenize
+
+    def raw(self, body: bytes, kind: str) -> Any:
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("text/plain body is not UTF-8") from None
+
+    def decode(self, payload: Any) -> Decoded:
+        if isinstance(payload, dict):
+            if "text" in payload:
+                payload = payload["text"]
+            elif "texts" in payload:
+                payload = payload["texts"]
+            else:
+                raise InvalidInput('expected {"text": "..."} or {"texts": ["...", ...]}')
+        single = isinstance(payload, str)
+        texts = [payload] if single else payload
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise InvalidInput("expected a string or a non-empty list of strings")
+        if any(not t.strip() for t in texts):
+            raise InvalidInput("empty text")
+        feeds = self.tokenize(texts)
+        return Decoded({name: coerce(feeds[name], info, "reject") for name, info in self.inputs.items() if name in feeds}, single=single)
+
+
+def make_codec(io_spec: IOSpec, inputs: list[TensorInfo], outputs: list[TensorInfo], tokenize: Any = None) -> Codec:
+    if io_spec.codec == "text":
+        return TextCodec(io_spec, inputs, outputs, tokenize)
+    if io_spec.input is not None and io_spec.input not in {i.name for i in inputs}:
+        raise InvalidInput(f"io.input {io_spec.input!r} is not a model input ({[i.name for i in inputs]})")
+    return {"tensor": TensorCodec, "records": RecordsCodec, "image": ImageCodec}[io_spec.codec](io_spec, inputs, outputs)

@@ -1,0 +1,38 @@
+"""Optional per-function code: `hooks.preprocess`, `hooks.postprocess` and `hooks.tokenize`
+name `module:function` in the function's own folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modelfn.errors import ModelUnavailable
+from modelfn.spec import FunctionSpec
+
+
+def resolve_hook(spec: FunctionSpec, ref: str | None) -> Callable[..., Any] | None:
+    if ref is None:
+        return None
+    module_name, attr = ref.split(":")
+    path = spec.folder / Path(*module_name.split(".")).with_suffix(".py")
+    if not path.is_file():
+        raise ModelUnavailable(f"{spec.name}: hook module {path} not found")
+    qualified = f"modelfn_functions.{spec.name.replace('-', '_')}.{module_name}"
+    module = sys.modules.get(qualified)
+    if module is None:
+        loader_spec = importlib.util.spec_from_file_location(qualified, path)
+        assert loader_spec and loader_spec.loader
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[qualified] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[qualified]
+            raise ModelUnavailable(f"{spec.name}: hook module {path.name} failed to import: {exc}") from exc
+    hook = getattr(module, attr, None)
+    if not callable(hook):
+        raise ModelUnavailable(f"{spec.name}: {path.name} has no function {attr!r}")
+    return hook  # type: ignore[no-any-return]

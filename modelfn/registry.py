@@ -1,0 +1,62 @@
+"""The functions a process serves: discovered from `function.toml` files, loaded once,
+with the reason kept when one fails to load so readiness can report it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from modelfn.errors import ModelfnError, ModelUnavailable, NotFound
+from modelfn.function import ModelFunction
+from modelfn.sources import Progress
+from modelfn.spec import FunctionSpec, discover, load_spec
+
+log = logging.getLogger("modelfn")
+
+
+class Registry:
+    def __init__(self, specs: list[FunctionSpec], progress: Progress | None = None) -> None:
+        self.specs = {s.name: s for s in specs}
+        self.loaded: dict[str, ModelFunction] = {}
+        self.failed: dict[str, ModelfnError] = {}
+        self.progress = progress
+
+    @classmethod
+    def from_dir(cls, root: Path | None = None, names: list[str] | None = None, progress: Progress | None = None) -> Registry:
+        found = discover(root)
+        if names:
+            unknown = sorted(set(names) - set(found))
+            if unknown:
+                raise NotFound(f"no function named {unknown} under {root or 'functions/'}; found {sorted(found)}")
+            found = {n: found[n] for n in names}
+        return cls([load_spec(path) for path in found.values()], progress)
+
+    def load(self, name: str) -> ModelFunction:
+        if name not in self.specs:
+            raise NotFound(f"unknown function {name!r}; this server has {sorted(self.specs)}", function=name)
+        if name in self.loaded:
+            return self.loaded[name]
+        if name in self.failed:
+            raise self.failed[name]
+        try:
+            fn = ModelFunction(self.specs[name], self.progress)
+        except ModelfnError as exc:
+            log.error("function %s failed to load: %s", name, exc.message)
+            self.failed[name] = ModelUnavailable(f"function {name!r} is not available: {exc.message}", function=name)
+            raise self.failed[name] from None
+        self.loaded[name] = fn
+        log.info("loaded %s in %.0f ms on %s", name, fn.load_seconds * 1000, fn.providers[0])
+        return fn
+
+    get = load
+
+    def load_all(self) -> None:
+        for name in self.specs:
+            try:
+                self.load(name)
+            except ModelfnError:
+                pass
+
+    def ready(self, name: str | None = None) -> bool:
+        names = [name] if name else list(self.specs)
+        return all(n in self.loaded for n in names)

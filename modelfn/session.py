@@ -1,0 +1,150 @@
+"""ONNX Runtime sessions: providers from the spec, thread settings, graph optimisation,
+and a warm-up run on an input synthesised from the graph's own metadata."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelfn.errors import ModelUnavailable
+from modelfn.spec import RuntimeSpec
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+log = logging.getLogger("modelfn")
+
+# ONNX Runtime type string -> (numpy dtype, Open Inference Protocol datatype)
+ORT_TYPES: dict[str, tuple[Any, str]] = {
+    "tensor(float)": (np.float32, "FP32"),
+    "tensor(double)": (np.float64, "FP64"),
+    "tensor(float16)": (np.float16, "FP16"),
+    "tensor(int8)": (np.int8, "INT8"),
+    "tensor(int16)": (np.int16, "INT16"),
+    "tensor(int32)": (np.int32, "INT32"),
+    "tensor(int64)": (np.int64, "INT64"),
+    "tensor(uint8)": (np.uint8, "UINT8"),
+    "tensor(uint16)": (np.uint16, "UINT16"),
+    "tensor(uint32)": (np.uint32, "UINT32"),
+    "tensor(uint64)": (np.uint64, "UINT64"),
+    "tensor(bool)": (np.bool_, "BOOL"),
+    "tensor(string)": (np.object_, "BYTES"),
+}
+OIP_TO_NUMPY = {oip: dtype for dtype, oip in ORT_TYPES.values()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One graph input or output: its name, dtype and shape (None for a dynamic axis)."""
+
+    name: str
+    type: str
+    shape: tuple[int | None, ...] | None
+
+    @property
+    def dtype(self) -> Any:
+        if self.type not in ORT_TYPES:
+            raise ModelUnavailable(f"{self.name}: ONNX type {self.type} is not supported by the tensor codec")
+        return np.dtype(ORT_TYPES[self.type][0])
+
+    @property
+    def datatype(self) -> str:
+        return ORT_TYPES.get(self.type, (None, self.type))[1]
+
+    @property
+    def batched(self) -> bool:
+        """The first axis is dynamic: requests can be stacked along it."""
+        return bool(self.shape) and self.shape[0] is None  # type: ignore[index]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": [-1 if d is None else d for d in self.shape or ()]}
+
+
+def _info(arg: Any) -> TensorInfo:
+    shape = arg.shape
+    dims = None if shape is None else tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
+    return TensorInfo(arg.name, arg.type, dims)
+
+
+def providers_for(runtime: RuntimeSpec) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if runtime.accelerator == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if runtime.gpu_fallback:
+        log.warning("accelerator = 'gpu' but no CUDA provider is available (%s); running on CPU", available)
+        return ["CPUExecutionProvider"]
+    raise ModelUnavailable(
+        f"accelerator = 'gpu' but ONNX Runtime here offers only {available}: install onnxruntime-gpu on a machine "
+        "with an NVIDIA GPU and CUDA, or set runtime.gpu_fallback = true to run on CPU"
+    )
+
+
+def _ort_home() -> None:
+    """ONNX Runtime writes a device id under $HOME, which is read-only on Lambda."""
+    home = os.environ.get("HOME", "")
+    if not home or not os.access(home, os.W_OK):
+        os.environ["HOME"] = "/tmp"
+
+
+def create_session(path: Path, runtime: RuntimeSpec) -> ort.InferenceSession:
+    _ort_home()
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = runtime.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[runtime.graph_optimization]
+    providers = providers_for(runtime)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:
+        raise ModelUnavailable(f"ONNX Runtime could not load {path.name}: {exc}") from exc
+    if providers[0] == "CUDAExecutionProvider" and session.get_providers()[0] != "CUDAExecutionProvider":
+        if not runtime.gpu_fallback:
+            raise ModelUnavailable(
+                "the CUDA provider is installed but could not start (CUDA/cuDNN libraries missing?); "
+                "set runtime.gpu_fallback = true to run on CPU"
+            )
+        log.warning("CUDA provider failed to start; running on CPU")
+    return session
+
+
+def signature(session: ort.InferenceSession) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    return [_info(a) for a in session.get_inputs()], [_info(a) for a in session.get_outputs()]
+
+
+def synthetic_feeds(inputs: list[TensorInfo]) -> dict[str, np.ndarray]:
+    """A zero input of the graph's own dtypes, dynamic axes set to 1."""
+    feeds = {}
+    for info in inputs:
+        shape = tuple(1 if d is None else d for d in info.shape or ())
+        if info.type == "tensor(string)":
+            feeds[info.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[info.name] = np.zeros(shape, dtype=info.dtype)
+    return feeds
+
+
+def warm_up(session: ort.InferenceSession, inputs: list[TensorInfo]) -> bool:
+    """Run once so the first request does not pay for lazy allocations; a model whose
+    synthetic input is invalid (say, token ids that must be positive) is still served."""
+    try:
+        session.run(None, synthetic_feeds(inputs))
+        return True
+    except Exception as exc:  # warm-up is an optimisation, never a reason to refuse service
+        log.info("warm-up run skipped: %s", exc)
+        return False

@@ -1,0 +1,335 @@
+"""`function.toml`: the one validated description of a served model, read by the core,
+the CLI and the CDK app alike. Every field has a safe default; `name` and `model.source`
+are enough.
+
+The schema is plain dataclasses checked by a small validator below rather than pydantic:
+importing pydantic and building these models costs about 0.2 s, more than ONNX Runtime
+itself, and every Lambda cold start would pay it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from modelfn.errors import SpecError
+
+SPEC_FILE = "function.toml"
+
+
+def _f(default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING, help: str = "", **rules: Any) -> Any:
+    """A field with validation rules: ge, le, gt, pattern."""
+    return field(default=default, default_factory=factory, metadata={"help": help, **rules})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source: str = _f(help="Path relative to the function folder, or s3://, gs://, https:// URI.")
+    sha256: str | None = _f(None, pattern=r"[0-9a-fA-F]{64}", help="Pin checked before loading.")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    width: int = _f(0, ge=0, help="Resize to this width; 0 takes it from the model.")
+    height: int = _f(0, ge=0)
+    mode: Literal["L", "RGB"] = "RGB"
+    layout: Literal["NCHW", "NHWC", "flat"] = "NCHW"
+    scale: float = 1 / 255
+    mean: list[float] = _f(factory=list)
+    std: list[float] = _f(factory=list)
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    codec: Literal["tensor", "records", "image", "text"] = "tensor"
+    input: str | None = _f(None, help="Model input fed by the records, image or text codec.")
+    columns: list[str] = _f(factory=list, help="Feature order for the records codec.")
+    image: ImageSpec = _f(factory=lambda: ImageSpec())
+    nan_policy: Literal["reject", "allow"] = "reject"
+    max_body_mb: float = _f(32.0, gt=0, help="Largest request body the local server and Cloud Run accept.")
+
+
+@dataclass(frozen=True)
+class HooksSpec:
+    preprocess: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", help="'module:function'")
+    postprocess: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+    tokenize: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    accelerator: Literal["cpu", "gpu"] = "cpu"
+    gpu_fallback: bool = _f(False, help="Run on CPU when a GPU was asked for but none is there.")
+    threads: int = _f(1, ge=0, help="Intra-op threads; 0 lets ONNX Runtime decide.")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    warmup: bool = True
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    enabled: bool = True
+    max_batch_size: int = _f(32, ge=1)
+    max_latency_ms: float = _f(5.0, ge=0)
+    pad_value: float | None = _f(None, help="Pad the second axis with this value to merge unequal lengths.")
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    memory_mb: int = _f(1024, ge=128, le=10240)
+    timeout_s: int = _f(30, ge=1, le=900)
+    ephemeral_storage_mb: int = _f(512, ge=512, le=10240)
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    python: Literal["3.11", "3.12", "3.13"] = "3.12"
+    provisioned_concurrency: int = _f(0, ge=0)
+    provisioned_concurrency_max: int = _f(0, ge=0, help="Upper bound for autoscaling; 0 means no scaling.")
+    snapstart: bool = False
+    min_instances: int = _f(0, ge=0)
+    max_instances: int = _f(10, ge=1)
+    concurrency: int = _f(80, ge=1, le=1000)
+    cpu: float = _f(1.0, gt=0)
+    package: Literal["auto", "zip", "container"] = "auto"
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.snapstart and self.provisioned_concurrency:
+            found.append("deploy: snapstart and provisioned_concurrency cannot be combined on one Lambda alias; choose one")
+        if self.snapstart and self.python == "3.11":
+            found.append("deploy.snapstart: SnapStart for Python needs python 3.12 or newer")
+        if self.provisioned_concurrency_max and self.provisioned_concurrency_max < self.provisioned_concurrency:
+            found.append("deploy.provisioned_concurrency_max: must be at least provisioned_concurrency")
+        return found
+
+
+@dataclass(frozen=True)
+class HttpTrigger:
+    api: bool = True
+    function_url: bool = False
+    auth: Literal["iam", "none"] = "iam"
+
+
+@dataclass(frozen=True)
+class S3Trigger:
+    bucket: str | None = None
+    prefix: str = "incoming/"
+    suffix: str = ""
+    output_prefix: str = "predictions/"
+    output_bucket: str | None = None
+
+    def problems(self) -> list[str]:
+        if self.output_bucket in (None, self.bucket) and self.output_prefix.startswith(self.prefix):
+            return [f"triggers.s3.output_prefix: {self.output_prefix!r} lies under prefix {self.prefix!r}, so results would re-trigger the function"]
+        return []
+
+
+@dataclass(frozen=True)
+class SqsTrigger:
+    batch_size: int = _f(10, ge=1, le=10000)
+    output_queue: str | None = _f(None, help="Queue URL for results.")
+    output_s3: str | None = _f(None, pattern=r"s3://[^/]+(/.*)?", help="s3://bucket/prefix for results.")
+
+
+@dataclass(frozen=True)
+class TopicTrigger:
+    topic: str | None = None
+    output_topic: str | None = None
+
+
+@dataclass(frozen=True)
+class EventBridgeTrigger:
+    source: list[str] = _f(factory=lambda: ["modelfn"])
+    detail_type: list[str] = _f(factory=lambda: ["predict"])
+
+
+@dataclass(frozen=True)
+class GcsTrigger:
+    bucket: str | None = None
+    prefix: str = "incoming/"
+    output_prefix: str = "predictions/"
+
+
+@dataclass(frozen=True)
+class BlobTrigger:
+    path: str = "incoming/{name}"
+    output_path: str = "predictions/{name}.json"
+    connection: str = "AzureWebJobsStorage"
+
+
+@dataclass(frozen=True)
+class QueueTrigger:
+    queue: str = "modelfn-requests"
+    output_queue: str = "modelfn-results"
+    connection: str = "AzureWebJobsStorage"
+
+
+@dataclass(frozen=True)
+class TriggersSpec:
+    """A trigger is `true` for its defaults, a table to configure it, or absent/`false`."""
+
+    http: HttpTrigger | None = _f(factory=lambda: HttpTrigger())
+    s3: S3Trigger | None = None
+    sqs: SqsTrigger | None = None
+    sns: TopicTrigger | None = None
+    eventbridge: EventBridgeTrigger | None = None
+    pubsub: TopicTrigger | None = None
+    gcs: GcsTrigger | None = None
+    blob: BlobTrigger | None = None
+    queue: QueueTrigger | None = None
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str = _f(pattern=r"[a-z0-9][a-z0-9-]{0,62}", help="Lower-case letters, digits and '-'.")
+    model: ModelSpec = _f()
+    description: str = ""
+    io: IOSpec = _f(factory=lambda: IOSpec())
+    hooks: HooksSpec = _f(factory=lambda: HooksSpec())
+    runtime: RuntimeSpec = _f(factory=lambda: RuntimeSpec())
+    batching: BatchingSpec = _f(factory=lambda: BatchingSpec())
+    deploy: DeploySpec = _f(factory=lambda: DeploySpec())
+    triggers: TriggersSpec = _f(factory=lambda: TriggersSpec())
+    folder: Path = _f(Path("."), help="Set by the loader: the folder holding function.toml.")
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.io.codec == "text" and not self.hooks.tokenize:
+            found.append("hooks.tokenize: io.codec = 'text' needs a tokenizer, 'module:function'")
+        if self.runtime.accelerator == "gpu" and (self.deploy.provisioned_concurrency or self.deploy.snapstart):
+            found.append("deploy: provisioned_concurrency and snapstart are Lambda levers; a gpu function never runs on Lambda")
+        return found
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe_type(kind: Any) -> str:
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(kind))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe_type(a) for a in typing.get_args(kind) if a is not type(None))
+    if origin is list:
+        return f"a list of {_describe_type(typing.get_args(kind)[0])}"
+    if dataclasses.is_dataclass(kind):
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
+
+
+def _value(kind: Any, value: Any, where: str, rules: dict[str, Any], errors: list[str]) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is False and dataclasses.is_dataclass(args[0]):
+            return None
+        if value is True and dataclasses.is_dataclass(args[0]):
+            value = {}
+        return _value(args[0], value, where, rules, errors)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            errors.append(f"{where}: expected a table, got {value!r}")
+            return None
+        return _build(kind, value, where + ".", errors)  # type: ignore[arg-type]
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(kind)
+    if origin is Literal:
+        ok = value in typing.get_args(kind)
+    elif origin is list:
+        if not isinstance(value, list):
+            ok = False
+        else:
+            return [_value(typing.get_args(kind)[0], v, f"{where}[{i}]", {}, errors) for i, v in enumerate(value)]
+    if not ok:
+        errors.append(f"{where}: expected {_describe_type(kind)}, got {value!r}")
+        return None
+    if kind is float:
+        value = float(value)
+    for rule, bound in rules.items():
+        bad = {
+            "ge": lambda: value < bound,
+            "le": lambda: value > bound,
+            "gt": lambda: value <= bound,
+            "pattern": lambda: not re.fullmatch(bound, value),
+        }.get(rule, lambda: False)()
+        if bad:
+            text = {"ge": ">=", "le": "<=", "gt": ">", "pattern": "matching"}[rule]
+            errors.append(f"{where}: must be {text} {bound}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "folder"}
+    for key in data:
+        if key not in fields:
+            errors.append(f"{prefix}{key}: unknown field (allowed: {', '.join(fields)})")
+    values = {}
+    for name, spec_field in fields.items():
+        if name in data:
+            rules = {k: v for k, v in spec_field.metadata.items() if k != "help"}
+            values[name] = _value(_hints(cls)[name], data[name], prefix + name, rules, errors)
+        elif spec_field.default is dataclasses.MISSING and spec_field.default_factory is dataclasses.MISSING:
+            errors.append(f"{prefix}{name}: required field is missing")
+    if len(errors):
+        return None
+    instance = cls(**values)
+    errors.extend(getattr(instance, "problems", list)())
+    return instance
+
+
+def parse_spec(data: dict[str, Any], folder: Path, origin: str = SPEC_FILE) -> FunctionSpec:
+    errors: list[str] = []
+    spec = _build(FunctionSpec, data, "", errors)
+    if spec is None or errors:
+        lines = "\n  ".join(errors)
+        raise SpecError(f"{origin} is invalid:\n  {lines}", file=origin, errors=errors)
+    return dataclasses.replace(spec, folder=folder)
+
+
+def load_spec(path: Path | str) -> FunctionSpec:
+    """Read a `function.toml` (or the folder holding one) and validate it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SPEC_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}", file=str(path)) from None
+    return parse_spec(data, path.parent.resolve(), str(path))
+
+
+def functions_dir() -> Path:
+    """`MODELFN_FUNCTIONS_DIR`, else `./functions`, else the examples beside this package."""
+    configured = os.environ.get("MODELFN_FUNCTIONS_DIR")
+    if configured:
+        return Path(configured)
+    local = Path.cwd() / "functions"
+    if local.is_dir():
+        return local
+    return Path(__file__).resolve().parent.parent / "functions"
+
+
+def discover(root: Path | None = None) -> dict[str, Path]:
+    """Function name -> spec file, for every folder under `root` holding a `function.toml`."""
+    root = root or functions_dir()
+    found: dict[str, Path] = {}
+    for spec_file in sorted(root.glob(f"*/{SPEC_FILE}")):
+        found[spec_file.parent.name] = spec_file
+    return found
+
+
+def load_all(root: Path | None = None) -> list[FunctionSpec]:
+    return [load_spec(path) for path in discover(root).values()]
