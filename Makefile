@@ -15,7 +15,11 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-setup: $(VENV)/.all-installed models
+setup: $(VENV)/.all-installed models node_modules/.installed
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)

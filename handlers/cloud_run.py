@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -49,13 +50,14 @@ class Server:
         self.service = Service(registry, max_body_bytes, key)
         self.executor = ThreadPoolExecutor(max_workers=max(2, len(registry.specs)), thread_name_prefix="modelfn-run")
         self.batchers: dict[str, MicroBatcher] = {}
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent merged batch sizes, for tests and metrics
 
     async def run(self, fn: ModelFunction, decoded: Decoded) -> Outputs:
         if not fn.batchable:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn.run, decoded.feeds)
         batcher = self.batchers.get(fn.name)
         if batcher is None:
-            batcher = self.batchers[fn.name] = MicroBatcher(fn, self.executor)
+            batcher = self.batchers[fn.name] = MicroBatcher(fn, self.executor, self.batch_sizes.append)
         return await batcher.submit(decoded)
 
     async def body(self, request: Request) -> bytes:
@@ -77,8 +79,10 @@ def create_app(
     registry: Registry | None = None, *, max_body_mb: float | None = None, key: str | None = None, preload: bool = True
 ) -> FastAPI:
     registry = registry or Registry.from_dir()
-    limit_mb = max_body_mb or float(os.environ.get("MODELFN_MAX_BODY_MB", "0")) or max(
-        (s.io.max_body_mb for s in registry.specs.values()), default=32.0
+    limit_mb = (
+        max_body_mb
+        or float(os.environ.get("MODELFN_MAX_BODY_MB", "0"))
+        or max((s.io.max_body_mb for s in registry.specs.values()), default=32.0)
     )
     server = Server(registry, int(limit_mb * MB), key if key is not None else api_key())
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -54,7 +55,9 @@ class MicroBatcher:
     (up to `max_batch_size` rows), waits at most `max_latency_ms` for more, runs once in a
     thread, and hands each caller its rows. While one batch runs the next one gathers."""
 
-    def __init__(self, fn: ModelFunction, executor: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, fn: ModelFunction, executor: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None
+    ) -> None:
         self.fn = fn
         self.executor = executor
         self.max_rows = fn.spec.batching.max_batch_size
@@ -74,10 +77,8 @@ class MicroBatcher:
     async def close(self) -> None:
         if self.worker is not None:
             self.worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self.worker
-            except asyncio.CancelledError:
-                pass
 
     async def _gather(self) -> list[_Pending]:
         batch = [await self.queue.get()]

@@ -22,10 +22,12 @@ def _progress() -> Any:
     def report(done: int, total: int | None) -> None:
         mb = done / 1e6
         step = int(mb // 5)
-        if total and done == total or step != last[0]:
+        if (total and done == total) or step != last[0]:
             last[0] = step
             of = f" of {total / 1e6:.1f}" if total else ""
-            print(f"\r  downloading model: {mb:.1f}{of} MB", end="\n" if total and done >= total else "", file=sys.stderr)
+            print(
+                f"\r  downloading model: {mb:.1f}{of} MB", end="\n" if total and done >= total else "", file=sys.stderr
+            )
 
     return report
 
@@ -60,7 +62,9 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         import importlib
 
         module = importlib.import_module(
-            {"aws": "handlers.aws_lambda", "gcp": "handlers.gcp_functions", "azure": "handlers.azure_functions"}[args.provider]
+            {"aws": "handlers.aws_lambda", "gcp": "handlers.gcp_functions", "azure": "handlers.azure_functions"}[
+                args.provider
+            ]
         )
         if args.functions_dir:
             os.environ["MODELFN_FUNCTIONS_DIR"] = args.functions_dir
@@ -85,7 +89,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         except ModelfnError as exc:
             print(f"{name:24} INVALID: {exc.message.splitlines()[0]}")
             continue
-        triggers = [t for t in ("http", "s3", "sqs", "sns", "eventbridge", "pubsub", "gcs", "blob", "queue") if getattr(spec.triggers, t)]
+        triggers = [
+            t
+            for t in ("http", "s3", "sqs", "sns", "eventbridge", "pubsub", "gcs", "blob", "queue")
+            if getattr(spec.triggers, t)
+        ]
         print(f"{name:24} {spec.io.codec:8} {spec.runtime.accelerator:4} {spec.model.source:40} {','.join(triggers)}")
     return 0
 
@@ -133,7 +141,9 @@ def cmd_layer(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="modelfn", description="Serve ONNX models as serverless functions.")
-    root.add_argument("--functions-dir", help="folder of function folders (default: $MODELFN_FUNCTIONS_DIR or ./functions)")
+    root.add_argument(
+        "--functions-dir", help="folder of function folders (default: $MODELFN_FUNCTIONS_DIR or ./functions)"
+    )
     sub = root.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve functions over HTTP locally (the Cloud Run app)")

@@ -21,7 +21,15 @@ from modelfn.tensors import coerce, to_json_shaped, wants_batch_axis
 
 Feeds = dict[str, np.ndarray]
 JSON_TYPES = ("application/json", "text/json")
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
+IMAGE_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/jpg",
+    "image/gif",
+    "image/bmp",
+    "image/webp",
+    "application/octet-stream",
+)
 
 
 @dataclass
@@ -135,7 +143,9 @@ class RecordsCodec(Codec):
             missing = [c for c in columns if c not in row]
             unknown = sorted(set(row) - set(columns))
             if missing or unknown:
-                problems = (["missing " + ", ".join(missing)] if missing else []) + (["unknown " + ", ".join(unknown)] if unknown else [])
+                problems = (["missing " + ", ".join(missing)] if missing else []) + (
+                    ["unknown " + ", ".join(unknown)] if unknown else []
+                )
                 raise InvalidInput(f"record {index}: {'; '.join(problems)} (columns are {columns})", record=index)
         matrix = [[row[c] for c in columns] for row in rows]
         return Decoded({self.target.name: coerce(matrix, self.target, self.io.nan_policy)}, single=single)
@@ -145,7 +155,7 @@ class ImageCodec(Codec):
     """PNG/JPEG bytes as the body, or `{"image": base64}` / `{"images": [base64, ...]}`; resized,
     scaled, normalised and laid out as `io.image` says."""
 
-    media_types = JSON_TYPES + IMAGE_TYPES
+    media_types = (*JSON_TYPES, *IMAGE_TYPES)
 
     def raw(self, body: bytes, kind: str) -> Any:
         if not body:
@@ -163,7 +173,10 @@ class ImageCodec(Codec):
             raise InvalidInput('expected image bytes, {"image": "<base64>"} or {"images": ["<base64>", ...]}')
         if not images:
             raise InvalidInput("no images in the request")
-        arrays = [self._pixels(img if isinstance(img, bytes) else b64decode(img, f"image {i}")) for i, img in enumerate(images)]
+        arrays = [
+            self._pixels(img if isinstance(img, bytes) else b64decode(img, f"image {i}"))
+            for i, img in enumerate(images)
+        ]
         batch = np.stack(arrays)
         return Decoded({self.target.name: coerce(batch, self.target, "reject")}, single=single)
 
@@ -182,22 +195,22 @@ class ImageCodec(Codec):
 
         spec = self.io.image
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                img = img.convert(spec.mode).resize(self._size(), Image.Resampling.BILINEAR)
-                array = np.asarray(img, dtype=np.float32)
+            with Image.open(io.BytesIO(data)) as opened:
+                resized = opened.convert(spec.mode).resize(self._size(), Image.Resampling.BILINEAR)
+                array = np.asarray(resized, dtype=np.float32)
         except UnidentifiedImageError:
             raise BadRequest("the image could not be decoded: not a PNG, JPEG or other known image format") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise BadRequest(f"the image could not be decoded: {exc}") from None
         if spec.invert:
             array = 255.0 - array
-        array = array * spec.scale
+        array = array * np.float32(spec.scale)
         if array.ndim == 2:
             array = array[..., None]
         if spec.mean:
             array = array - np.asarray(spec.mean, dtype=np.float32)
         if spec.std:
-            array = array / np.asarray(spec.std, dtype=np.float32)
+            array = np.divide(array, np.asarray(spec.std, dtype=np.float32), dtype=np.float32)
         if spec.layout == "NCHW":
             return array.transpose(2, 0, 1)
         if spec.layout == "flat":
@@ -209,9 +222,15 @@ class TextCodec(Codec):
     """`{"text": "..."}`, `{"texts": [...]}`, a JSON string or list, or a text/plain body,
     through the function's tokenizer hook."""
 
-    media_types = JSON_TYPES + ("text/plain",)
+    media_types = (*JSON_TYPES, "text/plain")
 
-    def __init__(self, io_spec: IOSpec, inputs: list[TensorInfo], outputs: list[TensorInfo], tokenize: Callable[[list[str]], Feeds]) -> None:
+    def __init__(
+        self,
+        io_spec: IOSpec,
+        inputs: list[TensorInfo],
+        outputs: list[TensorInfo],
+        tokenize: Callable[[list[str]], Feeds],
+    ) -> None:
         super().__init__(io_spec, inputs, outputs)
         self.tokenize = tokenize
 
@@ -236,7 +255,10 @@ class TextCodec(Codec):
         if any(not t.strip() for t in texts):
             raise InvalidInput("empty text")
         feeds = self.tokenize(texts)
-        return Decoded({name: coerce(feeds[name], info, "reject") for name, info in self.inputs.items() if name in feeds}, single=single)
+        return Decoded(
+            {name: coerce(feeds[name], info, "reject") for name, info in self.inputs.items() if name in feeds},
+            single=single,
+        )
 
 
 def make_codec(io_spec: IOSpec, inputs: list[TensorInfo], outputs: list[TensorInfo], tokenize: Any = None) -> Codec:
@@ -244,4 +266,6 @@ def make_codec(io_spec: IOSpec, inputs: list[TensorInfo], outputs: list[TensorIn
         return TextCodec(io_spec, inputs, outputs, tokenize)
     if io_spec.input is not None and io_spec.input not in {i.name for i in inputs}:
         raise InvalidInput(f"io.input {io_spec.input!r} is not a model input ({[i.name for i in inputs]})")
-    return {"tensor": TensorCodec, "records": RecordsCodec, "image": ImageCodec}[io_spec.codec](io_spec, inputs, outputs)
+    return {"tensor": TensorCodec, "records": RecordsCodec, "image": ImageCodec}[io_spec.codec](
+        io_spec, inputs, outputs
+    )

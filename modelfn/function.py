@@ -68,7 +68,9 @@ class ModelFunction:
             return self._hook(self.postprocess, outputs)
         return self.codec.encode(outputs, decoded.single)
 
-    def predict(self, body: bytes | None = None, content_type: str | None = "application/json", payload: Any = None) -> Any:
+    def predict(
+        self, body: bytes | None = None, content_type: str | None = "application/json", payload: Any = None
+    ) -> Any:
         decoded = self.decode(body, content_type, payload)
         return self.encode(self.run(decoded.feeds), decoded)
 

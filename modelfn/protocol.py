@@ -39,21 +39,27 @@ def decode_request(
         if info is None:
             raise InvalidInput(f"unknown input {name!r}; the model takes {sorted(by_name)}", input=name)
         if datatype != info.datatype:
-            raise InvalidInput(f"input {name!r}: datatype {datatype!r} given, the model takes {info.datatype}", input=name)
+            raise InvalidInput(
+                f"input {name!r}: datatype {datatype!r} given, the model takes {info.datatype}", input=name
+            )
         if datatype not in OIP_TO_NUMPY:
             raise InvalidInput(f"input {name!r}: unsupported datatype {datatype!r}", input=name)
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers", input=name)
-        flat = np.asarray(tensor["data"], dtype=object if datatype == "BYTES" else None)
+        try:
+            flat = np.asarray(tensor["data"], dtype=object).reshape(-1)
+        except ValueError:
+            raise InvalidInput(f"input {name!r}: data must be a flat or nested list of values", input=name) from None
         if flat.size != int(np.prod(shape)):
             raise InvalidInput(f"input {name!r}: {flat.size} values do not fill shape {shape}", input=name)
-        feeds[name] = coerce(flat.reshape(shape), info, nan_policy)
+        # through lists so integers are checked exactly (see tensors.coerce)
+        feeds[name] = coerce(flat.reshape(shape).tolist(), info, nan_policy)
     missing = sorted(set(by_name) - set(feeds))
     if missing:
         raise InvalidInput(f"missing input(s) {missing}", inputs=missing)
     wanted = None
     if isinstance(request.get("outputs"), list):
-        wanted = [o.get("name") for o in request["outputs"] if isinstance(o, dict)]
+        wanted = [str(o.get("name")) for o in request["outputs"] if isinstance(o, dict)]
     request_id = request.get("id")
     return feeds, wanted, str(request_id) if request_id is not None else None
 
@@ -74,6 +80,11 @@ def encode_response(
             continue
         array = np.asarray(value)
         body["outputs"].append(
-            {"name": out_name, "datatype": types.get(out_name, "FP32"), "shape": list(array.shape), "data": to_json(array.reshape(-1))}
+            {
+                "name": out_name,
+                "datatype": types.get(out_name, "FP32"),
+                "shape": list(array.shape),
+                "data": to_json(array.reshape(-1)),
+            }
         )
     return body

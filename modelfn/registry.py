@@ -3,6 +3,7 @@ with the reason kept when one fails to load so readiness can report it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -22,7 +23,9 @@ class Registry:
         self.progress = progress
 
     @classmethod
-    def from_dir(cls, root: Path | None = None, names: list[str] | None = None, progress: Progress | None = None) -> Registry:
+    def from_dir(
+        cls, root: Path | None = None, names: list[str] | None = None, progress: Progress | None = None
+    ) -> Registry:
         found = discover(root)
         if names:
             unknown = sorted(set(names) - set(found))
@@ -52,10 +55,8 @@ class Registry:
 
     def load_all(self) -> None:
         for name in self.specs:
-            try:
+            with contextlib.suppress(ModelfnError):  # kept in self.failed for readiness
                 self.load(name)
-            except ModelfnError:
-                pass
 
     def ready(self, name: str | None = None) -> bool:
         names = [name] if name else list(self.specs)

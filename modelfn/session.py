@@ -62,7 +62,11 @@ class TensorInfo:
         return bool(self.shape) and self.shape[0] is None  # type: ignore[index]
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": [-1 if d is None else d for d in self.shape or ()]}
+        return {
+            "name": self.name,
+            "datatype": self.datatype,
+            "shape": [-1 if d is None else d for d in self.shape or ()],
+        }
 
 
 def _info(arg: Any) -> TensorInfo:

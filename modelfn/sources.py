@@ -24,7 +24,10 @@ CHUNK = 1 << 20
 
 
 def on_serverless() -> bool:
-    return any(k in os.environ for k in ("AWS_LAMBDA_FUNCTION_NAME", "K_SERVICE", "FUNCTION_TARGET", "FUNCTIONS_WORKER_RUNTIME"))
+    return any(
+        k in os.environ
+        for k in ("AWS_LAMBDA_FUNCTION_NAME", "K_SERVICE", "FUNCTION_TARGET", "FUNCTIONS_WORKER_RUNTIME")
+    )
 
 
 def cache_dir() -> Path:
@@ -51,7 +54,8 @@ def verify(path: Path, expected: str | None, uri: str) -> None:
     actual = sha256_of(path)
     if actual != expected.lower():
         raise IntegrityError(
-            f"model {uri} does not match its sha256 pin: expected {expected.lower()}, got {actual}; refusing to load it",
+            f"model {uri} does not match its sha256 pin: expected {expected.lower()}, got {actual}; "
+            "refusing to load it",
             expected=expected.lower(),
             actual=actual,
         )
@@ -68,7 +72,7 @@ def _copy(src: BinaryIO, dst: BinaryIO, total: int | None, progress: Progress | 
 
 def _fetch_https(uri: str, dst: BinaryIO, progress: Progress | None) -> None:
     timeout = float(os.environ.get("MODELFN_FETCH_TIMEOUT_S", "60"))
-    with urllib.request.urlopen(uri, timeout=timeout) as response:  # noqa: S310 - scheme checked by caller
+    with urllib.request.urlopen(uri, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
         _copy(response, dst, int(length) if length else None, progress)
 
@@ -79,7 +83,9 @@ def _fetch_s3(uri: str, dst: BinaryIO, progress: Progress | None) -> None:
 
     parsed = urlparse(uri)
     timeout = float(os.environ.get("MODELFN_FETCH_TIMEOUT_S", "60"))
-    client = boto3.client("s3", config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 3}))
+    client = boto3.client(
+        "s3", config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 3})
+    )
     body = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
     _copy(body["Body"], dst, body.get("ContentLength"), progress)
 

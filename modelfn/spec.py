@@ -161,12 +161,32 @@ class BlobTrigger:
     output_path: str = "predictions/{name}.json"
     connection: str = "AzureWebJobsStorage"
 
+    def problems(self) -> list[str]:
+        # Results written where the trigger watches start the function again, without end.
+        watched, written = (p.split("{")[0] for p in (self.path, self.output_path))
+        if written.startswith(watched) or watched.startswith(written):
+            return [
+                f"triggers.blob.output_path: {self.output_path!r} overlaps path {self.path!r}, so results would "
+                "re-trigger the function; write them to another container (e.g. 'predictions/{name}.json')"
+            ]
+        return []
+
 
 @dataclass(frozen=True)
 class QueueTrigger:
     queue: str = "modelfn-requests"
     output_queue: str = "modelfn-results"
     connection: str = "AzureWebJobsStorage"
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.queue == self.output_queue:
+            found.append("triggers.queue.output_queue: results sent to the trigger's own queue would re-trigger it")
+        # Azure queue names; the host adds '-poison' to the trigger queue, hence 56 characters at most.
+        for key, name, longest in (("queue", self.queue, 56), ("output_queue", self.output_queue, 63)):
+            if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))+", name) or not 3 <= len(name) <= longest:
+                found.append(f"triggers.queue.{key}: {name!r} is not an Azure queue name (3-{longest} lower-case letters, digits, single '-')")
+        return found
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ def _expected(info: TensorInfo) -> str:
 def coerce(value: Any, info: TensorInfo, nan_policy: str = "reject") -> np.ndarray:
     """`value` (nested lists, a number or an array) as an array of `info`'s dtype and shape."""
     want = info.dtype
+    if want.kind in "iu" and not isinstance(value, np.ndarray):
+        exact = _exact_integers(value, info, want)
+        if exact is not None:
+            return _shaped(exact, info)
     try:
         array = value if isinstance(value, np.ndarray) else np.asarray(value)
     except (ValueError, TypeError):
@@ -27,7 +31,9 @@ def coerce(value: Any, info: TensorInfo, nan_policy: str = "reject") -> np.ndarr
         ) from None
 
     if want == np.object_:
-        if array.dtype.kind not in "USO" or (array.dtype.kind == "O" and not all(isinstance(v, str) for v in array.flat)):
+        if array.dtype.kind not in "USO" or (
+            array.dtype.kind == "O" and not all(isinstance(v, str) for v in array.flat)
+        ):
             raise InvalidInput(f"input {info.name!r}: expected strings, got {array.dtype}", input=info.name)
         array = array.astype(object)
     else:
@@ -35,13 +41,27 @@ def coerce(value: Any, info: TensorInfo, nan_policy: str = "reject") -> np.ndarr
     return _shaped(array, info)
 
 
+def _exact_integers(value: Any, info: TensorInfo, want: np.dtype) -> np.ndarray | None:
+    """JSON integers checked as Python ints: NumPy would read [1, 2**64 - 1] as float64 and lose digits."""
+    try:
+        objects = np.asarray(value, dtype=object)
+    except ValueError:
+        return None
+    if not objects.size or not all(isinstance(v, int) for v in objects.flat):
+        return None
+    limits = np.iinfo(want)
+    if min(objects.flat) < limits.min or max(objects.flat) > limits.max:
+        raise InvalidInput(
+            f"input {info.name!r}: values out of range for {want.name} [{limits.min}, {limits.max}]", input=info.name
+        )
+    return objects.astype(want)
+
+
 def _numeric(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: str) -> np.ndarray:
     kind = array.dtype.kind
     if kind in "USO" or kind == "V":
-        raise InvalidInput(
-            f"input {info.name!r}: expected numbers ({_expected(info)}), got {'strings' if kind in 'US' else 'non-numeric values'}",
-            input=info.name,
-        )
+        got = "strings" if kind in "US" else "non-numeric values"
+        raise InvalidInput(f"input {info.name!r}: expected numbers ({_expected(info)}), got {got}", input=info.name)
     if array.size and kind in "fc" and nan_policy == "reject" and not np.isfinite(array).all():
         raise InvalidInput(f"input {info.name!r}: NaN and Infinity are not accepted", input=info.name)
     if want.kind == "b":
@@ -51,7 +71,9 @@ def _numeric(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: st
     if want.kind in "iu":
         if kind == "f":
             if array.size and not (np.isfinite(array).all() and (array == np.round(array)).all()):
-                raise InvalidInput(f"input {info.name!r}: expected integers ({_expected(info)}), got fractions", input=info.name)
+                raise InvalidInput(
+                    f"input {info.name!r}: expected integers ({_expected(info)}), got fractions", input=info.name
+                )
         elif kind not in "biu":
             raise InvalidInput(f"input {info.name!r}: expected integers, got {array.dtype}", input=info.name)
         if array.size:
@@ -59,7 +81,8 @@ def _numeric(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: st
             low, high = array.min(), array.max()
             if low < limits.min or high > limits.max:
                 raise InvalidInput(
-                    f"input {info.name!r}: values out of range for {want.name} [{limits.min}, {limits.max}]", input=info.name
+                    f"input {info.name!r}: values out of range for {want.name} [{limits.min}, {limits.max}]",
+                    input=info.name,
                 )
         return array.astype(want)
     if array.size and want.kind == "f" and kind == "f" and want.itemsize < array.dtype.itemsize:
@@ -92,16 +115,24 @@ def wants_batch_axis(value: Any, info: TensorInfo) -> bool:
     """A single item sent to a batched input: one axis short, so give it a batch axis of 1."""
     if not info.batched or info.shape is None:
         return False
-    return bool(np.ndim(value) == len(info.shape) - 1)
+    try:
+        return bool(np.ndim(value) == len(info.shape) - 1)
+    except ValueError:  # ragged lists: coerce() reports them
+        return False
 
 
 def to_json(array: np.ndarray) -> Any:
     if array.dtype == np.object_ or array.dtype.kind in "SU":
         return [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1)] if array.ndim else array.item()
-    if array.dtype.kind == "f":
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         # JSON has no NaN: a non-finite output becomes null rather than an invalid document
-        if not np.isfinite(array).all():
-            return np.where(np.isfinite(array), array, None).tolist()
+        if array.ndim == 0:
+            return None
+        return (
+            [to_json(row) for row in array]
+            if array.ndim > 1
+            else [v if np.isfinite(v) else None for v in array.tolist()]
+        )
     return array.tolist()
 
 

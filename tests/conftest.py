@@ -1,0 +1,38 @@
+"""Test-wide settings: fake AWS credentials, a private model cache, loopback only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS = ROOT / "functions"
+
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+)
+os.environ.pop("MODELFN_API_KEY", None)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELFN_CACHE_DIR", str(tmp_path / "model-cache"))
+    monkeypatch.setenv("MODELFN_FUNCTIONS_DIR", str(FUNCTIONS))
+
+
+@pytest.fixture(scope="session")
+def cancer_rows() -> np.ndarray:
+    from sklearn.datasets import load_breast_cancer
+
+    return load_breast_cancer().data.astype(np.float32)

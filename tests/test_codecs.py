@@ -1,0 +1,216 @@
+"""Codecs and the Open Inference Protocol against real ONNX Runtime sessions of models
+built here: every dtype, several inputs and outputs, scalars, dynamic axes, bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto
+from onnx_models import function_folder, identity, multi_io
+
+from modelfn.errors import BadRequest, InvalidInput, UnsupportedMediaType, error_body
+from modelfn.function import ModelFunction
+from modelfn.spec import load_spec
+
+FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
+
+DTYPES = [
+    (TensorProto.FLOAT, np.float32, "FP32", [[1.5, -2.25, 3.0]]),
+    (TensorProto.DOUBLE, np.float64, "FP64", [[1e-300, 2.5, -1e300]]),
+    (TensorProto.FLOAT16, np.float16, "FP16", [[0.5, -1.0, 2048.0]]),
+    (TensorProto.INT8, np.int8, "INT8", [[-128, 0, 127]]),
+    (TensorProto.INT16, np.int16, "INT16", [[-32768, 1, 32767]]),
+    (TensorProto.INT32, np.int32, "INT32", [[-(2**31), 7, 2**31 - 1]]),
+    (TensorProto.INT64, np.int64, "INT64", [[-(2**63), 9, 2**63 - 1]]),
+    (TensorProto.UINT8, np.uint8, "UINT8", [[0, 128, 255]]),
+    (TensorProto.UINT16, np.uint16, "UINT16", [[0, 1, 65535]]),
+    (TensorProto.UINT32, np.uint32, "UINT32", [[0, 1, 2**32 - 1]]),
+    (TensorProto.UINT64, np.uint64, "UINT64", [[0, 1, 2**64 - 1]]),
+    (TensorProto.BOOL, np.bool_, "BOOL", [[True, False, True]]),
+    (TensorProto.STRING, np.object_, "BYTES", [["a", "b c", "ü"]]),
+]
+
+
+def _function(tmp_path: Path, model, toml: str = "") -> ModelFunction:
+    return ModelFunction(load_spec(function_folder(tmp_path, "m", model, toml)))
+
+
+@pytest.mark.parametrize(("elem", "dtype", "datatype", "value"), DTYPES, ids=[d[2] for d in DTYPES])
+def test_every_dtype_round_trips_through_the_tensor_codec_and_v2(tmp_path, elem, dtype, datatype, value) -> None:
+    fn = _function(tmp_path, identity(elem, ["batch", 3]))
+    assert fn.metadata()["inputs"] == [{"name": "x", "datatype": datatype, "shape": [-1, 3]}]
+    assert fn.predict(payload={"x": value}) == {"y": value}
+    response = fn.infer_v2({"inputs": [{"name": "x", "shape": [1, 3], "datatype": datatype, "data": value[0]}]})
+    assert response["outputs"] == [{"name": "y", "datatype": datatype, "shape": [1, 3], "data": value[0]}]
+
+
+def test_several_inputs_scalar_and_several_outputs(tmp_path: Path) -> None:
+    fn = _function(tmp_path, multi_io())
+    out = fn.predict(payload={"inputs": {"a": [[1, 2], [3, 4]], "b": [[10, 20], [30, 40]], "scale": 0.5}})
+    assert out == {"sum": [[5.5, 11.0], [16.5, 22.0]], "diff": [[-9.0, -18.0], [-27.0, -36.0]]}
+
+
+def test_single_item_gets_and_loses_a_batch_axis(tmp_path: Path) -> None:
+    fn = _function(tmp_path, identity(TensorProto.FLOAT, ["batch", 3]))
+    assert fn.predict(payload={"x": [1, 2, 3]}) == {"y": [1.0, 2.0, 3.0]}
+    assert fn.predict(payload=[[1, 2, 3], [4, 5, 6]]) == {"y": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]}
+
+
+def test_fully_dynamic_axes(tmp_path: Path) -> None:
+    fn = _function(tmp_path, identity(TensorProto.INT64, [None, None, None]))
+    value = np.arange(24).reshape(2, 3, 4).tolist()
+    assert fn.predict(payload={"x": value}) == {"y": value}
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"z": [[1, 2, 3]]}, "unknown input(s) ['z']"),
+        ({}, "missing input(s) ['x']"),
+        ({"x": [["a", "b", "c"]]}, "expected numbers"),
+        ({"x": [[1, 2]]}, "axis 1 must be 3"),
+        ({"x": [[[1, 2, 3]]]}, "expected rank 2"),
+        ({"x": [[1, 2, float("nan")]]}, "NaN and Infinity are not accepted"),
+        ({"x": [[1, [2], 3]]}, "ragged"),
+        ({"x": [[1e39, 0, 0]]}, "overflow float32"),
+    ],
+)
+def test_bad_float_input_is_refused_naming_the_input(tmp_path: Path, payload: dict, message: str) -> None:
+    fn = _function(tmp_path, identity(TensorProto.FLOAT, ["batch", 3]))
+    with pytest.raises(InvalidInput) as caught:
+        fn.predict(payload=payload)
+    assert message in caught.value.message
+    assert error_body(caught.value)[0] == 422
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [([[1.5, 0, 0]], "got fractions"), ([[300, 0, 0]], "out of range for int8"), ([[True, 0, 1]], "")],
+)
+def test_integer_inputs_refuse_fractions_and_overflow(tmp_path: Path, value: list, message: str) -> None:
+    fn = _function(tmp_path, identity(TensorProto.INT8, ["batch", 3]))
+    if not message:
+        assert fn.predict(payload={"x": value}) == {"y": [[1, 0, 1]]}
+        return
+    with pytest.raises(InvalidInput, match=message):
+        fn.predict(payload={"x": value})
+
+
+def test_nan_allowed_when_the_spec_says_so(tmp_path: Path) -> None:
+    fn = _function(tmp_path, identity(TensorProto.FLOAT, ["batch", 3]), "[io]\nnan_policy = 'allow'")
+    assert fn.predict(body=b'{"x": [[NaN, 1, 2]]}') == {"y": [[None, 1.0, 2.0]]}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "error"),
+    [
+        (b"{oops", "application/json", BadRequest),
+        (b"", "application/json", BadRequest),
+        (b"1,2,3", "text/csv", UnsupportedMediaType),
+    ],
+)
+def test_body_parsing_errors(tmp_path: Path, body: bytes, content_type: str, error: type) -> None:
+    fn = _function(tmp_path, identity(TensorProto.FLOAT, ["batch", 3]))
+    with pytest.raises(error):
+        fn.predict(body=body, content_type=content_type)
+
+
+def test_v2_request_errors_name_the_problem(tmp_path: Path) -> None:
+    fn = _function(tmp_path, identity(TensorProto.FLOAT, ["batch", 3]))
+    cases = [
+        ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]}]}, "the model takes FP32"),
+        ({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3]}]}, "do not fill shape"),
+        ({"inputs": [{"name": "q", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}, "unknown input 'q'"),
+        ({"inputs": "x"}, 'expected {"inputs"'),
+    ]
+    for request, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            fn.infer_v2(request)
+
+
+def test_v2_selects_outputs_and_echoes_the_id(tmp_path: Path) -> None:
+    fn = _function(tmp_path, multi_io())
+    request = {
+        "id": "r-1",
+        "inputs": [
+            {"name": "a", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]},
+            {"name": "b", "shape": [1, 2], "datatype": "FP32", "data": [3, 5]},
+            {"name": "scale", "shape": [], "datatype": "FP32", "data": 2},
+        ],
+        "outputs": [{"name": "diff"}],
+    }
+    assert fn.infer_v2(request) == {
+        "model_name": "m",
+        "model_version": "1",
+        "id": "r-1",
+        "outputs": [{"name": "diff", "datatype": "FP32", "shape": [1, 2], "data": [-2.0, -3.0]}],
+    }
+
+
+def test_records_codec_maps_columns_in_declared_order(tmp_path: Path) -> None:
+    toml = "[io]\ncodec = 'records'\ncolumns = ['c', 'a', 'b']"
+    fn = _function(tmp_path, identity(TensorProto.FLOAT, ["batch", 3]), toml)
+    assert fn.predict(payload={"a": 1, "b": 2, "c": 3}) == {"y": [3.0, 1.0, 2.0]}
+    assert fn.predict(payload=[{"a": 1, "b": 2, "c": 3}, {"a": 4, "b": 5, "c": 6}]) == {
+        "y": [[3.0, 1.0, 2.0], [6.0, 4.0, 5.0]]
+    }
+    with pytest.raises(InvalidInput, match="record 1: missing c; unknown d"):
+        fn.predict(payload=[{"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 2, "d": 3}])
+
+
+def _digit_png(index: int) -> tuple[bytes, int]:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (255 - digits.images[index] * 255 / 16).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buffer, "PNG")
+    return buffer.getvalue(), int(digits.target[index])
+
+
+def test_image_codec_reads_png_bytes_and_base64() -> None:
+    fn = ModelFunction(load_spec(FUNCTIONS / "digits"))
+    for index in (0, 7, 23, 42):
+        png, digit = _digit_png(index)
+        assert fn.predict(body=png, content_type="image/png")["label"] == digit
+        out = fn.predict(body=json.dumps({"image": base64.b64encode(png).decode()}).encode())
+        assert out["label"] == digit and abs(sum(out["probabilities"]) - 1) < 1e-4
+    batch = fn.predict(payload={"images": [base64.b64encode(_digit_png(i)[0]).decode() for i in (1, 2)]})
+    assert batch["label"] == [_digit_png(1)[1], _digit_png(2)[1]]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"\x89PNG\r\n\x1a\nbroken", "image/png", "could not be decoded"),
+        (b'{"image": "not base64!"}', "application/json", "invalid base64"),
+        (b'{"image": "aGVsbG8="}', "application/json", "could not be decoded"),
+    ],
+)
+def test_corrupt_images_are_bad_requests(body: bytes, content_type: str, message: str) -> None:
+    fn = ModelFunction(load_spec(FUNCTIONS / "digits"))
+    with pytest.raises(BadRequest, match=message):
+        fn.predict(body=body, content_type=content_type)
+
+
+def test_hooks_run_before_and_after_the_model(tmp_path: Path) -> None:
+    folder = function_folder(
+        tmp_path,
+        "hooked",
+        identity(TensorProto.FLOAT, ["batch", 3]),
+        "[hooks]\npreprocess = 'hooks:pre'\npostprocess = 'hooks:post'",
+    )
+    (folder / "hooks.py").write_text(
+        "def pre(payload):\n    return {'x': [payload['a'], payload['b'], payload['c']]}\n\n"
+        "def post(outputs):\n    return {'total': float(outputs['y'].sum())}\n"
+    )
+    fn = ModelFunction(load_spec(folder))
+    assert fn.predict(payload={"a": 1, "b": 2, "c": 4}) == {"total": 7.0}
+    with pytest.raises(InvalidInput, match="pre refused the input"):
+        fn.predict(payload={"a": 1})
