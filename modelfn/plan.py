@@ -15,9 +15,12 @@ from modelfn.spec import FunctionSpec
 MB = 1024 * 1024
 LAMBDA_UNZIPPED_LIMIT = 250 * MB
 CLOUD_FUNCTIONS_SOURCE_LIMIT = 500 * MB
-# The slim ONNX Runtime + NumPy layer (layers/README.md has the measured figure).
-LAYER_UNZIPPED_BYTES = 100 * MB
+# The slim ONNX Runtime + NumPy layer: 78.4 MB measured on x86_64 (layers/README.md), rounded up.
+LAYER_UNZIPPED_BYTES = 80 * MB
 GPU_TYPE = "nvidia-l4"
+# What Cloud Run requires of an instance with one L4 GPU.
+GPU_MIN_CPU = 4
+GPU_MIN_MEMORY_MB = 16 * 1024
 
 PROVIDERS = ("aws", "gcp", "azure")
 EVENT_TRIGGERS = {"aws": ("s3", "sqs", "sns", "eventbridge"), "gcp": ("pubsub", "gcs"), "azure": ("blob", "queue")}
@@ -65,13 +68,33 @@ def _aws(spec: FunctionSpec) -> Placement:
             "accelerator = 'gpu': Lambda has no GPUs; deploy this function to Cloud Run GPU "
             "(modelfn plan --provider gcp), or serve the same container image on a GPU instance",
         )
+    if spec.deploy.python == "3.11":
+        # python3.11 runs on Amazon Linux 2 (glibc 2.26), zip or image alike
+        return Placement(
+            spec.name,
+            "aws",
+            "unsupported",
+            "deploy.python = '3.11': ONNX Runtime's wheels need glibc 2.28, which Lambda has from python3.12 on; "
+            "use python = '3.12' or '3.13'",
+        )
     sizes = {"code": code_bytes(), "layer": LAYER_UNZIPPED_BYTES, "function": model_bytes(spec)}
     total = sum(sizes.values())
     fits = total <= LAMBDA_UNZIPPED_LIMIT
     if spec.deploy.package == "container" or (spec.deploy.package == "auto" and not fits):
-        why = "deploy.package = 'container'" if spec.deploy.package == "container" else (
-            f"code + layer + model = {total / MB:.0f} MB, over Lambda's 250 MB unzipped for zip packages"
+        why = (
+            "deploy.package = 'container'"
+            if spec.deploy.package == "container"
+            else f"code + layer + model = {total / MB:.0f} MB, over Lambda's 250 MB unzipped for zip packages"
         )
+        if spec.deploy.snapstart:
+            return Placement(
+                spec.name,
+                "aws",
+                "unsupported",
+                f"{why}, but deploy.snapstart needs a zip package (SnapStart does not support container images); "
+                "use provisioned_concurrency instead, or load the model from S3 to fit a zip",
+                sizes,
+            )
         return Placement(spec.name, "aws", "lambda-container", f"{why}: Lambda container image (up to 10 GB)", sizes)
     if not fits:
         return Placement(
@@ -83,29 +106,50 @@ def _aws(spec: FunctionSpec) -> Placement:
             sizes,
         )
     return Placement(
-        spec.name, "aws", "lambda-zip", f"code + layer + model = {total / MB:.0f} MB fits Lambda's 250 MB: zip + runtime layer", sizes
+        spec.name,
+        "aws",
+        "lambda-zip",
+        f"code + layer + model = {total / MB:.0f} MB fits Lambda's 250 MB: zip + runtime layer",
+        sizes,
     )
 
 
 def _gcp(spec: FunctionSpec) -> Placement:
-    if spec.runtime.accelerator == "gpu":
-        return Placement(spec.name, "gcp", "cloud-run-gpu", f"accelerator = 'gpu': Cloud Run with one {GPU_TYPE} GPU")
     sizes = {"function": model_bytes(spec), "code": code_bytes()}
-    http = spec.triggers.http is not None
+    total = sum(sizes.values())
+    events = [t for t in EVENT_TRIGGERS["gcp"] if getattr(spec.triggers, t) is not None]
+    via_eventarc = f"; {' and '.join(events)} events reach it through Eventarc" if events else ""
+
+    def run(target: str, why: str) -> Placement:
+        return Placement(spec.name, "gcp", target, why, sizes)
+
+    if spec.runtime.accelerator == "gpu":
+        return run(
+            "cloud-run-gpu",
+            f"accelerator = 'gpu': Cloud Run with one {GPU_TYPE} GPU (at least {GPU_MIN_CPU} vCPU and "
+            f"{GPU_MIN_MEMORY_MB // 1024} GiB); Cloud Functions has no GPUs{via_eventarc}",
+        )
     if spec.deploy.package == "container":
-        return Placement(spec.name, "gcp", "cloud-run", "deploy.package = 'container': Cloud Run service", sizes)
-    if sum(sizes.values()) > CLOUD_FUNCTIONS_SOURCE_LIMIT:
-        return Placement(spec.name, "gcp", "cloud-run", "source over Cloud Functions' 500 MB: Cloud Run container", sizes)
-    if http and spec.batching.enabled:
-        return Placement(
-            spec.name,
-            "gcp",
+        return run("cloud-run", f"deploy.package = 'container': Cloud Run service{via_eventarc}")
+    if total > CLOUD_FUNCTIONS_SOURCE_LIMIT:
+        return run(
+            "cloud-run",
+            f"code + model = {total / MB:.0f} MB, over Cloud Functions' 500 MB source limit: "
+            f"Cloud Run container{via_eventarc}",
+        )
+    if spec.triggers.http is not None and spec.batching.enabled:
+        to_functions = f"; {' and '.join(events)} events go to Cloud Functions" if events else ""
+        return run(
             "cloud-run",
             "HTTP with micro-batching: Cloud Run runs the batching server with concurrency "
-            f"{spec.deploy.concurrency}; event triggers, if any, go to Cloud Functions as well",
-            sizes,
+            f"{spec.deploy.concurrency} and CPU always allocated{to_functions}",
         )
-    return Placement(spec.name, "gcp", "cloud-functions", "CPU model within Cloud Functions' limits: 2nd gen function", sizes)
+    served = ["http"] * (spec.triggers.http is not None) + events
+    return run(
+        "cloud-functions",
+        f"CPU model, code + model = {total / MB:.1f} MB within Cloud Functions' limits: "
+        f"2nd gen function for {', '.join(served) or 'no trigger'}",
+    )
 
 
 def _azure(spec: FunctionSpec) -> Placement:
