@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from modelfn.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from modelfn.errors import BadRequest, InferenceError, InvalidInput, UnsupportedMediaType
 from modelfn.session import TensorInfo
 from modelfn.spec import IOSpec
 from modelfn.tensors import coerce, to_json_shaped, wants_batch_axis
@@ -255,8 +255,11 @@ class TextCodec(Codec):
         if any(not t.strip() for t in texts):
             raise InvalidInput("empty text")
         feeds = self.tokenize(texts)
+        missing = sorted(set(self.inputs) - set(feeds))
+        if missing:
+            raise InferenceError(f"the tokenize hook returned no {missing}; the model takes {sorted(self.inputs)}")
         return Decoded(
-            {name: coerce(feeds[name], info, "reject") for name, info in self.inputs.items() if name in feeds},
+            {name: coerce(feeds[name], info, "reject") for name, info in self.inputs.items()},
             single=single,
         )
 

@@ -34,8 +34,11 @@ class ModelFunction:
         self.output_names = [o.name for o in self.outputs]
         self.preprocess = resolve_hook(spec, spec.hooks.preprocess)
         self.postprocess = resolve_hook(spec, spec.hooks.postprocess)
-        self.codec: Codec = make_codec(spec.io, self.inputs, self.outputs, resolve_hook(spec, spec.hooks.tokenize))
-        self.warmed = spec.runtime.warmup and warm_up(self.session, self.inputs)
+        tokenize = resolve_hook(spec, spec.hooks.tokenize)
+        self.codec: Codec = make_codec(
+            spec.io, self.inputs, self.outputs, tokenize and (lambda texts: self._hook(tokenize, texts))
+        )
+        self.warmed = spec.runtime.warmup and self._warm_up()
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -87,6 +90,16 @@ class ModelFunction:
         """Cut a merged batch's outputs back into each caller's own rows."""
         bounds = np.cumsum([0, *rows])
         return [{k: v[bounds[i] : bounds[i + 1]] for k, v in outputs.items()} for i in range(len(rows))]
+
+    def _warm_up(self) -> bool:
+        """A text function warms through its tokenizer too, so the first request loads nothing."""
+        if self.spec.io.codec == "text":
+            try:
+                self.run(self.decode(payload={"text": "warm up"}).feeds)
+                return True
+            except ModelfnError as exc:
+                log.info("%s: warm-up through the tokenizer skipped: %s", self.name, exc.message)
+        return warm_up(self.session, self.inputs)
 
     def _hook(self, hook: Any, value: Any) -> Any:
         try:

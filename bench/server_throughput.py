@@ -1,0 +1,149 @@
+"""Server throughput of sentence-embed under 32 concurrent single-sentence requests, as a
+ratio to offline `session.run` at batch 32 measured in the same run (budget >= 0.9), with
+micro-batching on and off. Loopback only; prints figures, asserts nothing.
+
+    python bench/server_throughput.py [--requests 1024] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTION = ROOT / "functions" / "sentence-embed"
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A model behind an API in minutes.",
+    "Serverless functions scale to zero when idle.",
+    "ONNX Runtime runs the same graph on every cloud.",
+    "Cold starts matter for latency-sensitive endpoints.",
+    "Micro-batching merges concurrent requests into one run.",
+    "Each caller gets exactly its own rows back.",
+    "The weather is lovely today.",
+    "Sentence embeddings map text to vectors.",
+    "Cosine similarity compares two embeddings.",
+    "Provisioned concurrency keeps instances warm.",
+    "SnapStart restores a snapshot of an initialised function.",
+    "GPU models go to container-based serverless.",
+    "Pub/Sub delivers messages to push endpoints.",
+    "An S3 object that cannot be processed is reported.",
+    "Throughput is measured, never assumed.",
+]
+
+
+def offline(batch: int, rounds: int) -> float:
+    """Sentences per second of plain session.run at `batch`, the same tokenizer and threads."""
+    sys.path.insert(0, str(FUNCTION))
+    import hooks  # type: ignore[import-not-found]
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 0
+    session = ort.InferenceSession(str(FUNCTION / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    texts = [SENTENCES[i % len(SENTENCES)] for i in range(batch)]
+    session.run(None, hooks.tokenize(texts))
+    started = time.perf_counter()
+    for _ in range(rounds):
+        session.run(None, hooks.tokenize(texts))
+    return batch * rounds / (time.perf_counter() - started)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _functions_dir(batching: bool) -> Path:
+    """A copy of the function folder (the model linked, not copied) with batching on or off."""
+    root = Path(tempfile.mkdtemp(prefix="modelfn-bench-"))
+    folder = root / "sentence-embed"
+    folder.mkdir()
+    for name in ("hooks.py", "tokenizer.json"):
+        shutil.copy(FUNCTION / name, folder / name)
+    (folder / "model.onnx").symlink_to(FUNCTION / "model.onnx")
+    toml = (FUNCTION / "function.toml").read_text()
+    if not batching:
+        toml = toml.replace("[batching]\n", "[batching]\nenabled = false\n")
+    (folder / "function.toml").write_text(toml)
+    return root
+
+
+async def _load(url: str, requests: int, concurrency: int) -> float:
+    payloads = [{"text": SENTENCES[i % len(SENTENCES)]} for i in range(requests)]
+    queue = iter(payloads)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        for payload in payloads[:concurrency]:  # warm connections and the batcher
+            (await client.post(url, json=payload)).raise_for_status()
+
+        async def worker() -> None:
+            for payload in queue:
+                (await client.post(url, json=payload)).raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return requests / (time.perf_counter() - started)
+
+
+def served(batching: bool, requests: int, concurrency: int) -> float:
+    port = _free_port()
+    functions = _functions_dir(batching)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "modelfn.cli", "--functions-dir", str(functions), "serve", "--port", str(port)],
+        env={**os.environ, "MODELFN_CACHE_DIR": str(functions / ".cache")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("server did not start")
+            time.sleep(0.2)
+        return asyncio.run(_load(f"{base}/functions/sentence-embed", requests, concurrency))
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(functions, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=1024)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    if not (FUNCTION / "model.onnx").exists():
+        raise SystemExit("build the model first: python functions/sentence-embed/build.py")
+
+    base32 = offline(32, max(4, args.requests // 32))
+    base1 = offline(1, 64)
+    on = served(True, args.requests, args.concurrency)
+    off = served(False, args.requests, args.concurrency)
+    print(f"offline session.run, batch 32 : {base32:8.1f} sentences/s")
+    print(f"offline session.run, batch 1  : {base1:8.1f} sentences/s")
+    print(
+        f"server, batching on,  c={args.concurrency}  : {on:8.1f} requests/s   ratio {on / base32:.2f} (budget >= 0.90)"
+    )
+    print(f"server, batching off, c={args.concurrency}  : {off:8.1f} requests/s   ratio {off / base32:.2f}")
+
+
+if __name__ == "__main__":
+    main()
