@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelfn import __version__, protocol
 from modelfn.batching import MicroBatcher
@@ -106,6 +107,13 @@ def create_app(
     @app.exception_handler(ModelfnError)
     async def _modelfn_error(request: Request, exc: ModelfnError) -> Response:
         return _json(failure(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown routes and wrong methods: the shared service words them, as on every provider."""
+        if exc.status_code in (404, 405):
+            return _json(server.service.handle(HttpRequest(request.method, request.url.path, dict(request.headers))))
+        return _json(HttpResponse(exc.status_code, {"error": str(exc.detail), "code": "http_error"}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
