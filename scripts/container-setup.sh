@@ -11,7 +11,13 @@ set -euo pipefail
 
 BASE_IMAGE="${MODELFN_BASE_IMAGE:-localhost/modelfn-base:bookworm}"
 SUITE="${MODELFN_BASE_SUITE:-bookworm}"
-MIRROR="${MODELFN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The Debian mirror this machine's apt already uses (deb822 "URIs:" or one-line "deb URL" sources).
+apt_mirror() {
+    { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+      grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
+    } | grep -v -- '-security' | head -n 1
+}
+MIRROR="${MODELFN_DEBIAN_MIRROR:-$(apt_mirror)}"
 CONF=/etc/containers/containers.conf
 
 say() { echo "container-setup: $*" >&2; }
@@ -66,6 +72,7 @@ build_base() {
         return 0
     fi
     need_root "debootstrap a base image"
+    [ -n "$MIRROR" ] || { say "no Debian mirror in this machine's apt sources: set MODELFN_DEBIAN_MIRROR"; exit 1; }
     ROOTFS="$(mktemp -d /tmp/modelfn-base.XXXXXX)"
     trap 'rm -rf "$ROOTFS"' EXIT
     say "debootstrap $SUITE (python3, venv, pip) into $ROOTFS (a few minutes)"
