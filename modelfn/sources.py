@@ -4,11 +4,7 @@ directory, written atomically and checked against an optional sha256 pin before 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,11 +32,15 @@ def cache_dir() -> Path:
     if configured:
         return Path(configured)
     if on_serverless():
+        import tempfile
+
         return Path(tempfile.gettempdir()) / "modelfn"
     return Path.home() / ".cache" / "modelfn"
 
 
 def sha256_of(path: Path) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
@@ -72,6 +72,8 @@ def _copy(src: BinaryIO, dst: BinaryIO, total: int | None, progress: Progress | 
 
 def _fetch_https(uri: str, dst: BinaryIO, progress: Progress | None) -> None:
     timeout = float(os.environ.get("MODELFN_FETCH_TIMEOUT_S", "60"))
+    import urllib.request  # with http.client, email and ssl: ~30 ms a local model never needs
+
     with urllib.request.urlopen(uri, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
         _copy(response, dst, int(length) if length else None, progress)
@@ -123,6 +125,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 def cached_path(uri: str) -> Path:
     name = Path(urlparse(uri).path).name or "model.onnx"
+    import hashlib
+
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
     return cache_dir() / f"{key}-{name}"
 
@@ -146,6 +150,8 @@ def resolve(source: str, folder: Path, sha256: str | None = None, progress: Prog
                 return target
             except IntegrityError:
                 target.unlink()  # a stale or tampered cache entry: fetch again
+        import tempfile
+
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
         try:
             with os.fdopen(fd, "wb") as tmp:

@@ -1,0 +1,108 @@
+"""What one Lambda function serves: the model function named by `MODELFN_FUNCTION`, loaded
+and warmed at init, the shared HTTP `Service` under Lambda's 6 MB payload limit, and the
+telemetry every trigger reports through."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from handlers.aws.telemetry import Telemetry
+from handlers.aws.telemetry import telemetry as process_telemetry
+from modelfn.errors import ModelfnError, NotFound
+from modelfn.function import ModelFunction
+from modelfn.http import MB, Service, api_key
+from modelfn.registry import Registry
+from modelfn.spec import FunctionSpec
+
+LAMBDA_PAYLOAD_LIMIT = 6 * MB
+"""Synchronous invocations carry at most 6 MB of request and 6 MB of response."""
+
+
+def on_lambda() -> bool:
+    return "AWS_LAMBDA_FUNCTION_NAME" in os.environ
+
+
+def prepare_environment() -> None:
+    """On Lambda only /tmp is writable: ONNX Runtime writes under $HOME, models cache under
+    MODELFN_CACHE_DIR. Set both before anything reads them."""
+    if not on_lambda():
+        return
+    home = os.environ.get("HOME", "")
+    if not home or not os.access(home, os.W_OK):
+        os.environ["HOME"] = "/tmp"
+    os.environ.setdefault("MODELFN_CACHE_DIR", "/tmp/modelfn")
+
+
+class LambdaApp:
+    """The registry of functions this Lambda serves and the function events are predicted with."""
+
+    def __init__(self, registry: Registry, served: str | None, telemetry: Telemetry | None = None) -> None:
+        self.registry = registry
+        self.served = served
+        self.telemetry = telemetry or process_telemetry
+        self.service = Service(registry, max_body_bytes=self.max_body_bytes(), key=api_key())
+        self.load_ms: float | None = None
+        self.load_reported = False
+        self.tracing = os.environ.get("MODELFN_TRACING", "").lower() in ("1", "true", "yes")
+
+    @classmethod
+    def from_env(cls) -> LambdaApp:
+        served = os.environ.get("MODELFN_FUNCTION") or None
+        registry = Registry.from_dir(names=[served] if served else None)
+        if served is None and len(registry.specs) == 1:
+            served = next(iter(registry.specs))
+        return cls(registry, served)
+
+    def max_body_bytes(self) -> int:
+        configured = float(os.environ.get("MODELFN_MAX_BODY_MB", "0") or 0)
+        if configured:
+            return int(configured * MB)
+        largest = max((s.io.max_body_mb for s in self.registry.specs.values()), default=6.0)
+        return min(LAMBDA_PAYLOAD_LIMIT, int(largest * MB))
+
+    def load(self) -> None:
+        """Load and warm at init so no request pays for it; a failure is kept and reported
+        (503 on HTTP, an error on events) rather than failing the whole init."""
+        started = time.perf_counter()
+        names = [self.served] if self.served else list(self.registry.specs)
+        for name in names:
+            try:
+                fn = self.registry.load(name)
+            except ModelfnError as exc:
+                self.telemetry.error("model failed to load", model_function=name, error=exc.message)
+                continue
+            self.telemetry.info(
+                "model loaded", model_function=name, load_ms=round(fn.load_seconds * 1000, 1), providers=fn.providers
+            )
+        self.load_ms = (time.perf_counter() - started) * 1000
+
+    def function(self) -> ModelFunction:
+        """The function events are predicted with."""
+        return self.registry.load(self.spec().name)
+
+    def spec(self) -> FunctionSpec:
+        """The served function's spec, whether or not its model loaded."""
+        if self.served is None:
+            raise NotFound(
+                f"this Lambda serves {sorted(self.registry.specs)}: set MODELFN_FUNCTION to the one events go to"
+            )
+        return self.registry.specs[self.served]
+
+
+_current: LambdaApp | None = None
+
+
+def current() -> LambdaApp:
+    """The app, built on first use from MODELFN_FUNCTION and MODELFN_FUNCTIONS_DIR. Not
+    re-read per invocation (Lambda's environment is fixed): `reset` after changing them."""
+    global _current
+    if _current is None:
+        _current = LambdaApp.from_env()
+    return _current
+
+
+def reset() -> None:
+    """Forget the app: the next invocation builds it from the environment as it is now."""
+    global _current
+    _current = None

@@ -1,0 +1,215 @@
+"""Structured JSON logs and CloudWatch EMF metrics for the Lambda adapter, written as plain
+JSON lines.
+
+Powertools' Logger and Metrics would cost about 60-110 ms of imports before the first
+request (measured with `python -X importtime`, see docs/aws-lambda.md), which alone breaks
+the cold-start budget of 1.3x a bare ONNX Runtime script. This module writes the same keys
+Powertools' Logger does (level, location, message, timestamp, service, cold_start,
+function_name, function_request_id, xray_trace_id...) and the same Embedded Metric Format
+document, so log queries and dashboards work as they would with Powertools."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+METRIC_UNITS = {"Count", "Milliseconds", "Seconds", "Bytes", "Megabytes", "Percent", "None"}
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+"""One encoder for every line: `json.dumps` with options builds a new one per call."""
+_quote = json.encoder.encode_basestring
+
+
+def _number(value: float) -> str:
+    return repr(value) if math.isfinite(value) else "null"
+
+
+def _numbers(values: list[float]) -> str:
+    return "[" + ",".join(map(_number, values)) + "]"
+
+
+def _timestamp() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+class Telemetry:
+    """Log lines and one EMF document per invocation, tagged with the invocation's context."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.service = os.environ.get("POWERTOOLS_SERVICE_NAME") or "modelfn"
+        self.namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "modelfn"
+        level = os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("AWS_LAMBDA_LOG_LEVEL") or "INFO"
+        self.level = (
+            logging.getLevelName(level.upper()) if level.upper() in logging.getLevelNamesMapping() else logging.INFO
+        )
+        self.metrics_enabled = not _flag("POWERTOOLS_METRICS_DISABLED")
+        self._stream = stream
+        self.on_lambda = "AWS_LAMBDA_FUNCTION_NAME" in os.environ
+        self.cold_start = True
+        self.context: Any = None
+        self.trigger: str | None = None
+        self.function: str | None = None
+        self.invocation_cold = False
+        self._fields: dict[str, Any] | None = {}
+        self.dimensions: dict[str, str] = {"service": self.service}
+        self.metrics: dict[str, tuple[str, list[float]]] = {}
+        self._templates: dict[tuple[Any, ...], str] = {}
+
+    @property
+    def stream(self) -> TextIO:
+        # Looked up per write: the Lambda runtime swaps sys.stdout for an unbuffered wrapper after import.
+        if self._stream is not None:
+            return self._stream
+        return sys.stdout if self.on_lambda else sys.stderr
+
+    def begin(self, context: Any, trigger: str, function: str | None) -> None:
+        """Start an invocation: its context goes on every log line until `end`. The fields are
+        only assembled when a line is written: a successful request writes none."""
+        self.context, self.trigger, self.invocation_cold = context, trigger, self.cold_start
+        self._fields = None
+        self.name_function(function)
+        self.metrics = {}
+
+    def name_function(self, function: str | None) -> None:
+        """The model function this invocation serves, once known (HTTP learns it from the route)."""
+        self.function = function
+        if self.dimensions.get("function") != function:
+            self.dimensions = {"service": self.service, "function": function} if function else {"service": self.service}
+            self._fields = None
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        if self._fields is None:
+            context = self.context
+            self._fields = {
+                "cold_start": self.invocation_cold,
+                "function_name": getattr(context, "function_name", None),
+                "function_memory_size": getattr(context, "memory_limit_in_mb", None),
+                "function_arn": getattr(context, "invoked_function_arn", None),
+                "function_request_id": getattr(context, "aws_request_id", None),
+                "trigger": self.trigger,
+                "model_function": self.function,
+            }
+            trace = os.environ.get("_X_AMZN_TRACE_ID", "").split(";")[0].removeprefix("Root=")
+            if trace:
+                self._fields["xray_trace_id"] = trace
+        return self._fields
+
+    def end(self) -> None:
+        self.flush()
+        self.cold_start = False
+        self.context = self.trigger = None
+        self._fields = {}
+
+    def log(self, level: int, message: str, depth: int = 1, **extra: Any) -> None:
+        """One JSON line; `depth` picks the frame named in `location` (1: whoever called this)."""
+        if level < self.level:
+            return
+        frame = sys._getframe(depth)
+        line = {
+            "level": logging.getLevelName(level),
+            "location": f"{frame.f_code.co_name}:{frame.f_lineno}",
+            "message": message,
+            "timestamp": _timestamp(),
+            "service": self.service,
+            **{k: v for k, v in self.fields.items() if v is not None},
+            **extra,
+        }
+        self.write(line)
+
+    def info(self, message: str, **extra: Any) -> None:
+        self.log(logging.INFO, message, depth=2, **extra)
+
+    def warning(self, message: str, **extra: Any) -> None:
+        self.log(logging.WARNING, message, depth=2, **extra)
+
+    def error(self, message: str, **extra: Any) -> None:
+        self.log(logging.ERROR, message, depth=2, **extra)
+
+    def metric(self, name: str, value: float, unit: str = "Count") -> None:
+        """Record one value; several values of one metric in an invocation are sent as a list."""
+        # plain int or float: their repr is JSON (a NumPy scalar's is not)
+        self.metrics.setdefault(name, (unit, []))[1].append(value if type(value) is int else float(value))
+
+    def flush(self) -> None:
+        """Write the invocation's metrics as one Embedded Metric Format document. Everything
+        but the numbers repeats from one invocation to the next, so it is encoded once per
+        shape (metric names, units, dimensions, trigger) into a template."""
+        if not self.metrics or not self.metrics_enabled:
+            self.metrics = {}
+            return
+        metrics = self.metrics
+        self.metrics = {}
+        shape = (
+            tuple((name, unit) for name, (unit, _) in metrics.items()),
+            tuple(self.dimensions.items()),
+            self.trigger,
+        )
+        template = self._templates.get(shape)
+        if template is None:
+            template = self._templates[shape] = self._template(shape[0])
+        numbers = [_number(values[0]) if len(values) == 1 else _numbers(values) for _, values in metrics.values()]
+        request_id = getattr(self.context, "aws_request_id", None)
+        self.emit(template.format(int(time.time() * 1000), *numbers, _quote(str(request_id)) if request_id else "null"))
+
+    def _template(self, metrics: tuple[tuple[str, str], ...]) -> str:
+        directive = {
+            "Namespace": self.namespace,
+            "Dimensions": [list(self.dimensions)],
+            "Metrics": [{"Name": name, "Unit": unit} for name, unit in metrics],
+        }
+        fixed = {**self.dimensions, "trigger": self.trigger}
+        head = _encode({"_aws": {"Timestamp": 0, "CloudWatchMetrics": [directive]}, **fixed})
+        head = head.replace("{", "{{").replace("}", "}}").replace('"Timestamp":0', '"Timestamp":{}', 1)
+        values = "".join(f",{_quote(name)}:{{}}" for name, _ in metrics)
+        return head[:-2] + values + ',"function_request_id":{}}}'
+
+    def write(self, document: dict[str, Any]) -> None:
+        self.emit(_encode(document))
+
+    def emit(self, line: str) -> None:
+        stream = self.stream
+        stream.write(line + "\n")
+        stream.flush()
+
+
+class JsonLogHandler(logging.Handler):
+    """Routes the core's `modelfn` logger through the same JSON lines on Lambda."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        super().__init__()
+        self.telemetry = telemetry
+
+    def emit(self, record: logging.LogRecord) -> None:
+        extra: dict[str, Any] = {"logger": record.name, "location": f"{record.funcName}:{record.lineno}"}
+        if record.exc_info:
+            extra["exception"] = logging.Formatter().formatException(record.exc_info)
+            extra["exception_name"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        try:
+            self.telemetry.log(record.levelno, record.getMessage(), **extra)
+        except Exception:
+            self.handleError(record)
+
+
+def route_core_logs(telemetry: Telemetry) -> None:
+    """On Lambda, the core's log records become JSON lines instead of the runtime's text format."""
+    core = logging.getLogger("modelfn")
+    if not any(isinstance(h, JsonLogHandler) for h in core.handlers):
+        core.addHandler(JsonLogHandler(telemetry))
+        core.setLevel(telemetry.level)
+        core.propagate = False
+
+
+telemetry = Telemetry()
+"""One per process: the cold-start flag belongs to the process, not to a function."""

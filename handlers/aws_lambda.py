@@ -1,0 +1,212 @@
+"""AWS Lambda: one `handler` for every trigger (handler string `handlers.aws_lambda.handler`).
+
+Each event kind is a small class that recognises its event, translates it in and the
+outcome out (see `handlers/aws/`); the first kind in `KINDS` that recognises an event
+serves it. The function served is `MODELFN_FUNCTION`; it is loaded and warmed when this
+module is imported, during Lambda's init, so no request pays for it. `asgi_handler`
+serves the whole FastAPI app through Mangum instead, at a higher cold-start cost."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from handlers.aws import clients
+from handlers.aws.app import LambdaApp, current, on_lambda, prepare_environment, reset
+from handlers.aws.http import HTTP_KINDS
+from handlers.aws.kind import EventKind
+from handlers.aws.messages import DirectInvoke, EventBridgeDetail, SnsNotification
+from handlers.aws.s3 import S3EventBridge, S3Notification, S3TestEvent
+from handlers.aws.sqs import SqsBatch
+from handlers.aws.telemetry import route_core_logs, telemetry
+from modelfn.errors import ModelfnError
+from modelfn.http import MB
+
+KINDS: list[type[EventKind]] = [
+    *HTTP_KINDS,
+    S3Notification,
+    S3EventBridge,
+    S3TestEvent,
+    SqsBatch,
+    SnsNotification,
+    EventBridgeDetail,
+    DirectInvoke,  # recognises anything: last
+]
+
+
+def kind_of(event: Any) -> type[EventKind]:
+    return next(kind for kind in KINDS if kind.recognise(event))
+
+
+def handler(event: Any, context: Any) -> Any:
+    started = time.perf_counter()
+    app = current()
+    if app.load_ms is None:  # a configuration first seen now (local invokes); on Lambda, init loaded it
+        app.load()
+    kind = kind_of(event)(app)
+    telemetry.begin(context, kind.name, kind.function_name(event))
+    telemetry.metric("Invocations", 1)
+    if not app.load_reported:
+        telemetry.metric("ModelLoadTime", app.load_ms or 0.0, "Milliseconds")
+        app.load_reported = True
+    try:
+        return _serve(kind, event, context)
+    except Exception as exc:
+        if "Errors" not in telemetry.metrics:
+            telemetry.metric("Errors", 1)
+        message = exc.message if isinstance(exc, ModelfnError) else str(exc)
+        telemetry.error("invocation failed", error=message, error_type=type(exc).__name__)
+        if isinstance(exc, ModelfnError):
+            # the error type and message are the report; our frames would only be noise in it
+            raise exc.with_traceback(None) from None
+        raise
+    finally:
+        telemetry.metric("Latency", (time.perf_counter() - started) * 1000, "Milliseconds")
+        telemetry.end()
+
+
+_tracer: Any = None
+
+
+def _serve(kind: EventKind, event: Any, context: Any) -> Any:
+    """With MODELFN_TRACING=1, each invocation is an X-Ray subsegment (Powertools Tracer, imported only then)."""
+    global _tracer
+    if not kind.app.tracing:
+        return kind.serve(event, context)
+    if _tracer is None:
+        from aws_lambda_powertools import Tracer
+
+        _tracer = Tracer(service=telemetry.service)
+    with _tracer.provider.in_subsegment(f"## {kind.name}") as subsegment:
+        subsegment.put_annotation("trigger", kind.name)
+        subsegment.put_annotation("model_function", kind.function_name(event) or "")
+        subsegment.put_annotation("ColdStart", telemetry.invocation_cold)
+        return kind.serve(event, context)
+
+
+_asgi: tuple[LambdaApp, Any] | None = None
+
+
+def asgi_handler(event: Any, context: Any) -> Any:
+    """Every route of the FastAPI app (OpenAPI docs included) through Mangum. FastAPI's
+    imports cost about four times the plain handler's cold start: use it only for those routes."""
+    global _asgi
+    app = current()
+    if _asgi is None or _asgi[0] is not app:
+        from mangum import Mangum
+
+        from handlers.cloud_run import create_app
+
+        if app.load_ms is None:
+            app.load()
+        web = create_app(app.registry, max_body_mb=app.service.max_body_bytes / MB, preload=False)
+        _asgi = (app, Mangum(web, lifespan="off"))
+    return _asgi[1](event, context)
+
+
+class LocalContext:
+    """The context object for a local invoke; on Lambda the runtime passes the real one.
+    (A plain class: a dataclass would be generated at import, on the cold-start path.)"""
+
+    function_version = "$LATEST"
+    log_group_name = "local"
+    log_stream_name = "local"
+
+    def __init__(self, function_name: str, memory_limit_in_mb: int = 1024, timeout_s: int = 30) -> None:
+        self.function_name = function_name
+        self.memory_limit_in_mb = memory_limit_in_mb
+        self.timeout_s = timeout_s
+        self.aws_request_id = _request_id()
+        self.started = time.monotonic()
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.timeout_s - (time.monotonic() - self.started)) * 1000))
+
+
+def _request_id() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+
+def _aws_configured() -> bool:
+    names = (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    )
+    return any(os.environ.get(n) for n in names) or any(
+        (Path.home() / ".aws" / f).is_file() for f in ("credentials", "config")
+    )
+
+
+def sample_bucket_folder() -> Path:
+    """The folder holding the sample events' bucket (`events/aws/s3/<bucket>/<key>`)."""
+    here = Path.cwd() / "events" / "aws" / "s3"
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "events" / "aws" / "s3"
+
+
+def local_invoke(function_name: str, event: Any) -> Any:
+    """Run `handler` on one event in this process, as Lambda would, with a stand-in context.
+    S3 goes to real S3 (or AWS_ENDPOINT_URL); with no AWS configuration at all, or with
+    MODELFN_LOCAL_S3=DIR, buckets are folders under DIR (default: the sample events' folder)."""
+    os.environ["MODELFN_FUNCTION"] = function_name
+    if "MODELFN_LOCAL_S3" not in os.environ and not _aws_configured():
+        os.environ["MODELFN_LOCAL_S3"] = str(sample_bucket_folder())
+    reset()
+    app = current()
+    deploy = app.spec().deploy
+    return handler(event, LocalContext(function_name, deploy.memory_mb, deploy.timeout_s))
+
+
+def _before_snapshot() -> None:
+    """SnapStart: the snapshot is taken after this, so the model must be loaded and warm in it."""
+    from modelfn.session import warm_up
+
+    app = current()
+    if app.load_ms is None:
+        app.load()
+    for fn in app.registry.loaded.values():
+        warm_up(fn.session, fn.inputs)
+    telemetry.info("ready for snapshot", functions=sorted(app.registry.loaded))
+
+
+def _after_restore() -> None:
+    """Every restored copy starts from the same memory: reseed random generators and drop
+    AWS clients (connections, cached credentials) so nothing is shared between copies."""
+    import random
+
+    import numpy as np
+
+    random.seed()
+    np.random.seed()
+    clients.reset()
+    telemetry.cold_start = True
+    telemetry.info("restored from snapshot")
+
+
+def _init() -> None:
+    prepare_environment()
+    if on_lambda():
+        route_core_logs(telemetry)
+    if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+        try:
+            from snapshot_restore_py import register_after_restore, register_before_snapshot
+        except ImportError:
+            telemetry.warning("SnapStart init without snapshot_restore_py: no snapshot hooks registered")
+        else:
+            register_before_snapshot(_before_snapshot)
+            register_after_restore(_after_restore)
+    if on_lambda() or os.environ.get("MODELFN_FUNCTION"):
+        current().load()
+
+
+_init()
