@@ -17,7 +17,7 @@ import numpy as np
 from modelfn.errors import BadRequest, InferenceError, InvalidInput, UnsupportedMediaType
 from modelfn.session import TensorInfo
 from modelfn.spec import IOSpec
-from modelfn.tensors import coerce, to_json_shaped, wants_batch_axis
+from modelfn.tensors import coerce, coerce_item, to_json
 
 Feeds = dict[str, np.ndarray]
 JSON_TYPES = ("application/json", "text/json")
@@ -95,12 +95,7 @@ class Codec:
         raise NotImplementedError
 
     def encode(self, outputs: dict[str, np.ndarray], single: bool) -> dict[str, Any]:
-        return {name: to_json_shaped(value[0] if single and value.ndim else value) for name, value in outputs.items()}
-
-    def _coerce_one(self, value: Any, info: TensorInfo) -> tuple[np.ndarray, bool]:
-        single = wants_batch_axis(value, info)
-        array = coerce([value] if single else value, info, self.io.nan_policy)
-        return array, single
+        return {name: to_json(value[0] if single and value.ndim else value) for name, value in outputs.items()}
 
 
 class TensorCodec(Codec):
@@ -121,7 +116,7 @@ class TensorCodec(Codec):
             raise InvalidInput(f"missing input(s) {missing}; the model takes {sorted(self.inputs)}", inputs=missing)
         feeds, singles = {}, set()
         for name, info in self.inputs.items():
-            feeds[name], single = self._coerce_one(payload[name], info)
+            feeds[name], single = coerce_item(payload[name], info, self.io.nan_policy)
             singles.add(single)
         if len(singles) > 1:
             raise InvalidInput("send every input with a batch axis, or none of them")

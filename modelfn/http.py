@@ -79,15 +79,16 @@ class Service:
         self.registry = registry
         self.max_body_bytes = max_body_bytes
         self.key = key
+        # predictions first: they are nearly all the traffic
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., HttpResponse]]] = [
+            ("POST", re.compile(r"/functions/(?P<name>[^/]+)"), self.predict),
+            ("POST", re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?/infer"), self.infer),
             ("GET", re.compile(r"/v2/health/live"), self.live),
             ("GET", re.compile(r"/v2/health/ready"), self.ready),
             ("GET", re.compile(r"/v2"), self.server_metadata),
             ("GET", re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?"), self.model_metadata),
             ("GET", re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?/ready"), self.model_ready),
-            ("POST", re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?/infer"), self.infer),
             ("GET", re.compile(r"/(?:functions)?"), self.list_functions),
-            ("POST", re.compile(r"/functions/(?P<name>[^/]+)"), self.predict),
         ]
 
     def handle(self, request: HttpRequest) -> HttpResponse:

@@ -155,9 +155,14 @@ def _gcp(spec: FunctionSpec) -> Placement:
 def _azure(spec: FunctionSpec) -> Placement:
     if spec.runtime.accelerator == "gpu":
         return Placement(
-            spec.name, "azure", "unsupported", "accelerator = 'gpu': Azure Functions has no GPUs; use Cloud Run GPU (--provider gcp)"
+            spec.name,
+            "azure",
+            "unsupported",
+            "accelerator = 'gpu': Azure Functions has no GPUs; use Cloud Run GPU (--provider gcp)",
         )
-    return Placement(spec.name, "azure", "azure-functions", "CPU model: Azure Functions app (Python v2 programming model)")
+    return Placement(
+        spec.name, "azure", "azure-functions", "CPU model: Azure Functions app (Python v2 programming model)"
+    )
 
 
 def place(spec: FunctionSpec, provider: str) -> Placement:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ class TensorInfo:
     type: str
     shape: tuple[int | None, ...] | None
 
-    @property
+    @cached_property
     def dtype(self) -> Any:
         if self.type not in ORT_TYPES:
             raise ModelUnavailable(f"{self.name}: ONNX type {self.type} is not supported by the tensor codec")
@@ -56,7 +57,11 @@ class TensorInfo:
     def datatype(self) -> str:
         return ORT_TYPES.get(self.type, (None, self.type))[1]
 
-    @property
+    @cached_property
+    def fixed_axes(self) -> tuple[tuple[int, int], ...]:
+        return tuple((axis, dim) for axis, dim in enumerate(self.shape or ()) if dim is not None)
+
+    @cached_property
     def batched(self) -> bool:
         """The first axis is dynamic: requests can be stacked along it."""
         return bool(self.shape) and self.shape[0] is None  # type: ignore[index]

@@ -96,11 +96,16 @@ class DeploySpec:
     concurrency: int = _f(80, ge=1, le=1000)
     cpu: float = _f(1.0, gt=0)
     package: Literal["auto", "zip", "container"] = "auto"
+    rollout: Literal["all-at-once", "canary", "linear"] = _f(
+        "all-at-once", help="AWS: shift traffic to a new version gradually (CodeDeploy), rolled back by the alarms."
+    )
 
     def problems(self) -> list[str]:
         found = []
         if self.snapstart and self.provisioned_concurrency:
-            found.append("deploy: snapstart and provisioned_concurrency cannot be combined on one Lambda alias; choose one")
+            found.append(
+                "deploy: snapstart and provisioned_concurrency cannot be combined on one Lambda alias; choose one"
+            )
         if self.snapstart and self.python == "3.11":
             found.append("deploy.snapstart: SnapStart for Python needs python 3.12 or newer")
         if self.provisioned_concurrency_max and self.provisioned_concurrency_max < self.provisioned_concurrency:
@@ -125,7 +130,10 @@ class S3Trigger:
 
     def problems(self) -> list[str]:
         if self.output_bucket in (None, self.bucket) and self.output_prefix.startswith(self.prefix):
-            return [f"triggers.s3.output_prefix: {self.output_prefix!r} lies under prefix {self.prefix!r}, so results would re-trigger the function"]
+            return [
+                f"triggers.s3.output_prefix: {self.output_prefix!r} lies under prefix {self.prefix!r}, "
+                "so results would re-trigger the function"
+            ]
         return []
 
 
@@ -185,7 +193,8 @@ class QueueTrigger:
         # Azure queue names; the host adds '-poison' to the trigger queue, hence 56 characters at most.
         for key, name, longest in (("queue", self.queue, 56), ("output_queue", self.output_queue, 63)):
             if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))+", name) or not 3 <= len(name) <= longest:
-                found.append(f"triggers.queue.{key}: {name!r} is not an Azure queue name (3-{longest} lower-case letters, digits, single '-')")
+                rule = f"3-{longest} lower-case letters, digits, single '-'"
+                found.append(f"triggers.queue.{key}: {name!r} is not an Azure queue name ({rule})")
         return found
 
 
@@ -222,7 +231,9 @@ class FunctionSpec:
         if self.io.codec == "text" and not self.hooks.tokenize:
             found.append("hooks.tokenize: io.codec = 'text' needs a tokenizer, 'module:function'")
         if self.runtime.accelerator == "gpu" and (self.deploy.provisioned_concurrency or self.deploy.snapstart):
-            found.append("deploy: provisioned_concurrency and snapstart are Lambda levers; a gpu function never runs on Lambda")
+            found.append(
+                "deploy: provisioned_concurrency and snapstart are Lambda levers; a gpu function never runs on Lambda"
+            )
         return found
 
 
@@ -277,16 +288,16 @@ def _value(kind: Any, value: Any, where: str, rules: dict[str, Any], errors: lis
     if kind is float:
         value = float(value)
     for rule, bound in rules.items():
-        bad = {
-            "ge": lambda: value < bound,
-            "le": lambda: value > bound,
-            "gt": lambda: value <= bound,
-            "pattern": lambda: not re.fullmatch(bound, value),
-        }.get(rule, lambda: False)()
-        if bad:
+        if _breaks(rule, bound, value):
             text = {"ge": ">=", "le": "<=", "gt": ">", "pattern": "matching"}[rule]
             errors.append(f"{where}: must be {text} {bound}, got {value!r}")
     return value
+
+
+def _breaks(rule: str, bound: Any, value: Any) -> bool:
+    if rule == "pattern":
+        return not re.fullmatch(bound, value)
+    return bool({"ge": value < bound, "le": value > bound, "gt": value <= bound}[rule])
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:

@@ -3,6 +3,7 @@ an error that names the input and what was expected whenever they do not fit."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,23 @@ def _expected(info: TensorInfo) -> str:
 
 def coerce(value: Any, info: TensorInfo, nan_policy: str = "reject") -> np.ndarray:
     """`value` (nested lists, a number or an array) as an array of `info`'s dtype and shape."""
+    return _shaped(_typed(value, info, nan_policy), info)
+
+
+def coerce_item(value: Any, info: TensorInfo, nan_policy: str = "reject") -> tuple[np.ndarray, bool]:
+    """As `coerce`, and a single item sent to a batched input (one axis short) gets a batch
+    axis of 1; the flag says so, so the answer can drop it again."""
+    array = _typed(value, info, nan_policy)
+    single = info.batched and info.shape is not None and array.ndim == len(info.shape) - 1
+    return _shaped(array[None] if single else array, info), single
+
+
+def _typed(value: Any, info: TensorInfo, nan_policy: str) -> np.ndarray:
     want = info.dtype
     if want.kind in "iu" and not isinstance(value, np.ndarray):
         exact = _exact_integers(value, info, want)
         if exact is not None:
-            return _shaped(exact, info)
+            return exact
     try:
         array = value if isinstance(value, np.ndarray) else np.asarray(value)
     except (ValueError, TypeError):
@@ -35,10 +48,8 @@ def coerce(value: Any, info: TensorInfo, nan_policy: str = "reject") -> np.ndarr
             array.dtype.kind == "O" and not all(isinstance(v, str) for v in array.flat)
         ):
             raise InvalidInput(f"input {info.name!r}: expected strings, got {array.dtype}", input=info.name)
-        array = array.astype(object)
-    else:
-        array = _numeric(array, info, want, nan_policy)
-    return _shaped(array, info)
+        return array.astype(object)
+    return _numeric(array, info, want, nan_policy)
 
 
 def _exact_integers(value: Any, info: TensorInfo, want: np.dtype) -> np.ndarray | None:
@@ -59,9 +70,11 @@ def _exact_integers(value: Any, info: TensorInfo, want: np.dtype) -> np.ndarray 
 
 def _numeric(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: str) -> np.ndarray:
     kind = array.dtype.kind
-    if kind in "USO" or kind == "V":
+    if kind in "USOV":
         got = "strings" if kind in "US" else "non-numeric values"
         raise InvalidInput(f"input {info.name!r}: expected numbers ({_expected(info)}), got {got}", input=info.name)
+    if want.kind == "f":
+        return _floats(array, info, want, nan_policy)
     if array.size and kind in "fc" and nan_policy == "reject" and not np.isfinite(array).all():
         raise InvalidInput(f"input {info.name!r}: NaN and Infinity are not accepted", input=info.name)
     if want.kind == "b":
@@ -85,17 +98,24 @@ def _numeric(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: st
                     input=info.name,
                 )
         return array.astype(want)
-    if array.size and want.kind == "f" and kind == "f" and want.itemsize < array.dtype.itemsize:
-        with np.errstate(over="ignore"):
-            cast = array.astype(want)
-        if nan_policy == "reject" and not np.isfinite(cast).all():
-            raise InvalidInput(f"input {info.name!r}: values overflow {want.name}", input=info.name)
-        return cast
     return array.astype(want)
+
+
+def _floats(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: str) -> np.ndarray:
+    """The hot path for most models: one cast and one finiteness check of the result."""
+    # an overflowing cast is caught just below; NumPy also warns about it once
+    cast = array if array.dtype == want else array.astype(want)
+    if nan_policy == "reject" and array.dtype.kind == "f" and array.size and not np.isfinite(cast).all():
+        if np.isfinite(array).all():
+            raise InvalidInput(f"input {info.name!r}: values overflow {want.name}", input=info.name)
+        raise InvalidInput(f"input {info.name!r}: NaN and Infinity are not accepted", input=info.name)
+    return cast
 
 
 def _shaped(array: np.ndarray, info: TensorInfo) -> np.ndarray:
     if info.shape is None:
+        return array
+    if array.ndim == len(info.shape) and all(array.shape[axis] == dim for axis, dim in info.fixed_axes):
         return array
     if array.ndim != len(info.shape):
         raise InvalidInput(
@@ -111,33 +131,25 @@ def _shaped(array: np.ndarray, info: TensorInfo) -> np.ndarray:
     return array
 
 
-def wants_batch_axis(value: Any, info: TensorInfo) -> bool:
-    """A single item sent to a batched input: one axis short, so give it a batch axis of 1."""
-    if not info.batched or info.shape is None:
-        return False
-    try:
-        return bool(np.ndim(value) == len(info.shape) - 1)
-    except ValueError:  # ragged lists: coerce() reports them
-        return False
+def to_json(array: np.ndarray | np.generic) -> Any:
+    """An output as JSON values of the same shape. JSON has no NaN: a non-finite float
+    becomes null rather than an invalid document; bytes become text."""
+    values = array.tolist()
+    kind = array.dtype.kind
+    if kind == "f" and array.size and not np.isfinite(array).all():
+        return _finite(values)
+    if kind in "OS":
+        return _text(values)
+    return values
 
 
-def to_json(array: np.ndarray) -> Any:
-    if array.dtype == np.object_ or array.dtype.kind in "SU":
-        return [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1)] if array.ndim else array.item()
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        # JSON has no NaN: a non-finite output becomes null rather than an invalid document
-        if array.ndim == 0:
-            return None
-        return (
-            [to_json(row) for row in array]
-            if array.ndim > 1
-            else [v if np.isfinite(v) else None for v in array.tolist()]
-        )
-    return array.tolist()
+def _finite(values: Any) -> Any:
+    if isinstance(values, list):
+        return [_finite(v) for v in values]
+    return values if math.isfinite(values) else None
 
 
-def to_json_shaped(array: np.ndarray) -> Any:
-    if array.dtype == np.object_ or array.dtype.kind in "SU":
-        flat = to_json(array)
-        return np.asarray(flat, dtype=object).reshape(array.shape).tolist() if array.ndim else flat
-    return to_json(array)
+def _text(values: Any) -> Any:
+    if isinstance(values, list):
+        return [_text(v) for v in values]
+    return values.decode() if isinstance(values, bytes) else values
