@@ -4,12 +4,16 @@ an error that names the input and what was expected whenever they do not fit."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
 
 from modelfn.errors import InvalidInput
 from modelfn.session import TensorInfo
+
+# An overflowing float cast is refused with a 422 below; NumPy's warning about it is noise.
+warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
 
 
 def _expected(info: TensorInfo) -> str:
@@ -36,18 +40,21 @@ def _typed(value: Any, info: TensorInfo, nan_policy: str) -> np.ndarray:
         exact = _exact_integers(value, info, want)
         if exact is not None:
             return exact
+    # JSON for a string input stays as it is: a NumPy unicode array would drop trailing NULs
+    # and read a number among strings as its text
+    as_sent = want == np.object_ and not isinstance(value, np.ndarray)
     try:
-        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        array = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=object if as_sent else None)
     except (ValueError, TypeError):
         raise InvalidInput(
             f"input {info.name!r}: ragged or mixed nested lists; expected {_expected(info)}", input=info.name
         ) from None
 
     if want == np.object_:
-        if array.dtype.kind not in "USO" or (
-            array.dtype.kind == "O" and not all(isinstance(v, str) for v in array.flat)
-        ):
-            raise InvalidInput(f"input {info.name!r}: expected strings, got {array.dtype}", input=info.name)
+        odd = [type(v).__name__ for v in array.flat if not isinstance(v, str)] if array.dtype.kind == "O" else []
+        if array.dtype.kind not in "USO" or odd:
+            got = odd[0] if odd else array.dtype
+            raise InvalidInput(f"input {info.name!r}: expected strings, got {got}", input=info.name)
         return array.astype(object)
     return _numeric(array, info, want, nan_policy)
 
@@ -103,7 +110,6 @@ def _numeric(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: st
 
 def _floats(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: str) -> np.ndarray:
     """The hot path for most models: one cast and one finiteness check of the result."""
-    # an overflowing cast is caught just below; NumPy also warns about it once
     cast = array if array.dtype == want else array.astype(want)
     if nan_policy == "reject" and array.dtype.kind == "f" and array.size and not np.isfinite(cast).all():
         if np.isfinite(array).all():
