@@ -27,6 +27,7 @@ sys.path.insert(0, str(CDK_DIR))
 
 from modelfn_cdk.assets import codec_requirements, dependency_layer, runtime_layer  # noqa: E402
 
+from modelfn.plan import place  # noqa: E402
 from modelfn.spec import discover, load_spec  # noqa: E402
 
 CLOSED_PORT_PROXY = "http://127.0.0.1:9"
@@ -86,7 +87,7 @@ def layers() -> None:
 
 
 @pytest.fixture(scope="module")
-def cli_synth(tmp_path_factory: pytest.TempPathFactory, layers: None) -> tuple[Path, list[str]]:
+def cli_synth(tmp_path_factory: pytest.TempPathFactory, layers: None) -> tuple[Path, list[str], str]:
     tmp_path = tmp_path_factory.mktemp("cdk-cli")
     names = deployable_examples()
     assert "breast-cancer" in names and "digits" in names
@@ -102,20 +103,23 @@ def cli_synth(tmp_path_factory: pytest.TempPathFactory, layers: None) -> tuple[P
         f"modelfn:functions={','.join(names)}",
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return tmp_path / "cdk.out", names
+    on_lambda = [n for n in names if place(load_spec(ROOT / "functions" / n), "aws").deployable]
+    return tmp_path / "cdk.out", on_lambda, result.stderr
 
 
-def test_cdk_cli_synthesises_one_stack_per_example_function_offline(cli_synth: tuple[Path, list[str]]) -> None:
-    outdir, names = cli_synth
+def test_cdk_cli_synthesises_one_stack_per_example_function_offline(cli_synth: tuple[Path, list[str], str]) -> None:
+    outdir, names, stderr = cli_synth
     manifest = json.loads((outdir / "manifest.json").read_text())
     stacks = {k for k, v in manifest["artifacts"].items() if v["type"] == "aws:cloudformation:stack"}
     assert stacks == {f"Modelfn-{name}" for name in names}
+    # a GPU example is left out of AWS with the pointer to Cloud Run GPU
+    assert "breast-cancer-gpu" not in names and "breast-cancer-gpu" in stderr and "Cloud Run GPU" in stderr
     report = json.loads((outdir / "validation-report.json").read_text())
     assert [p["conclusion"] for p in report["pluginReports"] if p["pluginName"] == "AwsSolutions"] == ["success"]
 
 
-def test_examples_get_their_triggers_and_codec_layers(cli_synth: tuple[Path, list[str]]) -> None:
-    outdir, _ = cli_synth
+def test_examples_get_their_triggers_and_codec_layers(cli_synth: tuple[Path, list[str], str]) -> None:
+    outdir, _, _ = cli_synth
     cancer = json.loads((outdir / "Modelfn-breast-cancer.template.json").read_text())
     kinds = [r["Type"] for r in cancer["Resources"].values()]
     assert kinds.count("AWS::Lambda::LayerVersion") == 2
@@ -130,8 +134,8 @@ def test_examples_get_their_triggers_and_codec_layers(cli_synth: tuple[Path, lis
     ]
 
 
-def test_cfn_lint_passes_on_the_cli_templates(cli_synth: tuple[Path, list[str]]) -> None:
-    outdir, names = cli_synth
+def test_cfn_lint_passes_on_the_cli_templates(cli_synth: tuple[Path, list[str], str]) -> None:
+    outdir, names, _ = cli_synth
     cfn_lint = shutil.which("cfn-lint", path=str(Path(sys.executable).parent)) or shutil.which("cfn-lint")
     if cfn_lint is None:
         pytest.skip("cfn-lint is not installed (pip install cfn-lint)")
@@ -215,9 +219,9 @@ def invoke_in_lambda_layout(outdir: Path, function: str, root: Path, events: lis
 
 
 def test_synthesised_bundle_and_layers_serve_sqs_and_http_under_python_312(
-    cli_synth: tuple[Path, list[str]], tmp_path: Path
+    cli_synth: tuple[Path, list[str], str], tmp_path: Path
 ) -> None:
-    outdir, _ = cli_synth
+    outdir, _, _ = cli_synth
     sqs = json.loads((ROOT / "events" / "aws" / "sqs.json").read_text())
     http = json.loads((ROOT / "events" / "aws" / "apigw-v2.json").read_text())
     batch, response = invoke_in_lambda_layout(outdir, "breast-cancer", tmp_path, [sqs, http])
@@ -227,7 +231,7 @@ def test_synthesised_bundle_and_layers_serve_sqs_and_http_under_python_312(
 
 
 def test_synthesised_image_bundle_decodes_png_with_the_layers_pillow(
-    cli_synth: tuple[Path, list[str]], tmp_path: Path
+    cli_synth: tuple[Path, list[str], str], tmp_path: Path
 ) -> None:
     from PIL import Image
     from sklearn.datasets import load_digits
