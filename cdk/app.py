@@ -1,5 +1,5 @@
 """`cdk synth` / `cdk deploy` entry point: one stack per function under functions/ (see
-docs/aws-cdk.md). Run from this folder: `npx cdk deploy --all`."""
+the README's CDK section). Run from this folder: `npx cdk deploy --all`."""
 
 from __future__ import annotations
 

@@ -52,6 +52,8 @@ SNIFFED = (
     (b"GIF8", "image/gif"),
     (b"BM", "image/bmp"),
 )
+# Azure's front end refuses HTTP request bodies over 100 MB before the function runs.
+PLATFORM_MAX_BODY_MB = 100.0
 
 
 class ServedFunction:
@@ -62,7 +64,7 @@ class ServedFunction:
         self.spec = spec
         self.name = spec.name
         self.registry = Registry([spec])
-        self.service = Service(self.registry, int(spec.io.max_body_mb * MB), api_key())
+        self.service = Service(self.registry, int(body_limit_mb(spec) * MB), api_key())
 
     def http(self, req: func.HttpRequest) -> func.HttpResponse:
         return to_func_response(self.service.handle(to_http_request(req)))
@@ -74,7 +76,7 @@ class ServedFunction:
         data = blob.read()
         where = {"function": self.name, "blob": blob.name}
         try:
-            check_size(data, self.service.max_body_bytes)
+            check_size(data, int(self.spec.io.max_body_mb * MB))  # a blob is not an HTTP body: no 100 MB cap
             result = self.registry.load(self.name).predict(data, blob_content_type(blob.name, data))
         except ModelfnError as exc:
             if exc.status >= 500:
@@ -105,6 +107,12 @@ class ServedFunction:
             )
             raise
         return {"function": self.name, "id": msg.id, "result": result}
+
+
+def body_limit_mb(spec: FunctionSpec) -> float:
+    """`$MODELFN_MAX_BODY_MB`, else the spec's `io.max_body_mb` up to what Azure carries."""
+    configured = float(os.environ.get("MODELFN_MAX_BODY_MB") or 0)
+    return configured or min(spec.io.max_body_mb, PLATFORM_MAX_BODY_MB)
 
 
 def to_http_request(req: func.HttpRequest) -> HttpRequest:
@@ -221,13 +229,13 @@ def _register_queue(app: App, served: ServedFunction, queue: QueueTrigger) -> No
 
 def _asgi_app(served: ServedFunction, http: HttpTrigger, preload: bool) -> App:
     """The FastAPI app behind `AsgiMiddleware`: micro-batching and /docs, at the price of
-    importing FastAPI at start-up (docs/azure.md has the figures)."""
+    importing FastAPI at start-up (the README's Azure section has the figures)."""
     try:
         from handlers.cloud_run import create_app
     except ImportError as exc:
         raise SpecError(f"MODELFN_AZURE_HTTP=asgi needs FastAPI ({exc}): add fastapi to requirements.txt") from None
 
-    asgi = create_app(served.registry, max_body_mb=served.spec.io.max_body_mb, preload=preload)
+    asgi = create_app(served.registry, max_body_mb=served.service.max_body_bytes / MB, preload=preload)
     return AsgiApp(asgi, AUTH_LEVELS[http.auth], function_id(served.spec, "http"))
 
 

@@ -1,5 +1,5 @@
 """The example deploy workflow (.github/workflows/deploy.yml) passes actionlint, and does what
-docs/aws-cdk.md says: OIDC role assumption, layer build, tests, `cdk deploy` on main only."""
+the README's CDK section says: OIDC role assumption, layer build, tests, `cdk deploy` on main only."""
 
 from __future__ import annotations
 

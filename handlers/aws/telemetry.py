@@ -2,7 +2,7 @@
 JSON lines.
 
 Powertools' Logger and Metrics would cost about 60-110 ms of imports before the first
-request (measured with `python -X importtime`, see docs/aws-lambda.md), which alone breaks
+request (measured with `python -X importtime`, see the README's AWS Lambda section), which alone breaks
 the cold-start budget of 1.3x a bare ONNX Runtime script. This module writes the same keys
 Powertools' Logger does (level, location, message, timestamp, service, cold_start,
 function_name, function_request_id, xray_trace_id...) and the same Embedded Metric Format
