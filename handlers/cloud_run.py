@@ -15,7 +15,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from handlers.openapi_document import document
 from modelfn import __version__, protocol
 from modelfn.batching import MicroBatcher
 from modelfn.codecs import Decoded, parse_json
@@ -39,8 +41,31 @@ PREDICT_BODY = {
 }
 
 
+DOCUMENT_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
 def _json(response: HttpResponse) -> Response:
     return Response(response.encoded(), status_code=response.status, media_type="application/json")
+
+
+class KeyedDocuments:
+    """With an API key configured, the OpenAPI document (it names the functions served) and
+    its pages need the key like every route but the health probes. Plain ASGI: predictions
+    pass through it at the cost of one set lookup."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app = app
+        self.key = key
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in DOCUMENT_PATHS:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            try:
+                check_api_key(headers, self.key)
+            except ModelfnError as exc:
+                await _json(failure(exc))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class Server:
@@ -103,6 +128,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.server = server
+    if server.service.key is not None:
+        app.add_middleware(KeyedDocuments, key=server.service.key)
+    app.openapi = lambda: document(app, sorted(registry.specs))  # type: ignore[method-assign]
 
     @app.exception_handler(ModelfnError)
     async def _modelfn_error(request: Request, exc: ModelfnError) -> Response:
@@ -114,6 +142,12 @@ def create_app(
         if exc.status_code in (404, 405):
             return _json(server.service.handle(HttpRequest(request.method, request.url.path, dict(request.headers))))
         return _json(HttpResponse(exc.status_code, {"error": str(exc.detail), "code": "http_error"}))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        """A client that hangs up before its body has arrived is routine, not an error with a
+        traceback; nobody reads this answer (499: nginx's "client closed request")."""
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

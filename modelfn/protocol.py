@@ -35,6 +35,8 @@ def decode_request(
         if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= set(tensor):
             raise InvalidInput(f"inputs[{index}]: needs name, shape, datatype and data")
         name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise InvalidInput(f"inputs[{index}]: name and datatype must be strings")
         info = by_name.get(name)
         if info is None:
             raise InvalidInput(f"unknown input {name!r}; the model takes {sorted(by_name)}", input=name)
