@@ -21,9 +21,9 @@ from handlers.openapi_document import document
 from modelfn import __version__, protocol
 from modelfn.batching import MicroBatcher
 from modelfn.codecs import Decoded, parse_json
-from modelfn.errors import ModelfnError, PayloadTooLarge
+from modelfn.errors import ModelfnError
 from modelfn.function import ModelFunction, Outputs
-from modelfn.http import MB, HttpRequest, HttpResponse, Service, api_key, check_api_key, failure
+from modelfn.http import MB, HttpRequest, HttpResponse, Service, api_key, check_api_key, failure, too_large
 from modelfn.registry import Registry
 
 log = logging.getLogger("modelfn")
@@ -91,13 +91,13 @@ class Server:
         limit = self.service.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body is {int(declared) / MB:.1f} MB; the limit here is {limit / MB:.1f} MB")
+            raise too_large(int(declared), limit)
         chunks, size = [], 0
         async for chunk in request.stream():
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit / MB:.1f} MB")
+                raise too_large(None, limit)
         return b"".join(chunks)
 
 

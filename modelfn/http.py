@@ -66,7 +66,15 @@ def check_api_key(headers: dict[str, str], expected: str | None) -> None:
 
 def check_size(body: bytes, limit_bytes: int) -> None:
     if len(body) > limit_bytes:
-        raise PayloadTooLarge(f"request body is {len(body) / MB:.1f} MB; the limit here is {limit_bytes / MB:.1f} MB")
+        raise too_large(len(body), limit_bytes)
+
+
+def too_large(size: int | None, limit_bytes: int) -> PayloadTooLarge:
+    """In bytes as well as MB: '6.0 MB over a 6.0 MB limit' would read as a contradiction."""
+    limit = f"{limit_bytes} bytes ({limit_bytes / MB:.1f} MB)"
+    if size is None:
+        return PayloadTooLarge(f"request body exceeds the limit here of {limit}")
+    return PayloadTooLarge(f"request body is {size} bytes; the limit here is {limit}")
 
 
 PUBLIC = ("/v2/health/live", "/v2/health/ready")

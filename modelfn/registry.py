@@ -9,7 +9,7 @@ from pathlib import Path
 
 from modelfn.errors import ModelfnError, ModelUnavailable, NotFound
 from modelfn.function import ModelFunction
-from modelfn.sources import Progress
+from modelfn.sources import Progress, cache_dir
 from modelfn.spec import FunctionSpec, discover, load_spec
 
 log = logging.getLogger("modelfn")
@@ -45,7 +45,9 @@ class Registry:
             fn = ModelFunction(self.specs[name], self.progress)
         except ModelfnError as exc:
             log.error("function %s failed to load: %s", name, exc.message)
-            self.failed[name] = ModelUnavailable(f"function {name!r} is not available: {exc.message}", function=name)
+            # clients see the reason, not where this server keeps its files (the log has both)
+            reason = exc.message.replace(f"{self.specs[name].folder}/", "").replace(f"{cache_dir()}/", "")
+            self.failed[name] = ModelUnavailable(f"function {name!r} is not available: {reason}", function=name)
             raise self.failed[name] from None
         self.loaded[name] = fn
         log.info("loaded %s in %.0f ms on %s", name, fn.load_seconds * 1000, fn.providers[0])

@@ -519,6 +519,7 @@ def test_local_server_refuses_a_chunked_body_over_its_cap(local_server: httpx.Cl
     assert "content-length" not in response.request.headers
     assert response.status_code == 413
     assert response.json() == {
-        "error": f"request body exceeds the limit of {LOCAL_MAX_BODY_MB:.1f} MB",
+        "error": f"request body exceeds the limit here of {LOCAL_MAX_BODY_MB * 1024 * 1024} bytes "
+        f"({LOCAL_MAX_BODY_MB:.1f} MB)",
         "code": "payload_too_large",
     }
