@@ -9,7 +9,7 @@ when a function had errors or grew more than 10% in memory.
 
 The default client is a raw asyncio HTTP/1.1 keep-alive client on uvloop: the machine's
 cores are shared by client and server, so every microsecond the client spends is one the
-server does not get (`--client httpx` measures the difference; see docs/hardening.md).
+server does not get (`--client httpx` measures the difference; see the README's "Under load, faults and access").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The bad-input table (docs/bad-input.md), row by row, on every provider's real HTTP path:
+"""The bad-input table (the README's "Bad input" section), row by row, on every provider's real HTTP path:
 the local server under uvicorn, the Lambda handler on API Gateway HTTP API (v2) events, the
 Cloud Functions HTTP function through functions-framework's app, and the Azure app's
 registered HTTP function with `azure.functions.HttpRequest`. Each row must give the same
