@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+from load import RawConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTION = ROOT / "functions" / "sentence-embed"
@@ -80,21 +82,28 @@ def _functions_dir(batching: bool) -> Path:
     return root
 
 
-async def _load(url: str, requests: int, concurrency: int) -> float:
-    payloads = [{"text": SENTENCES[i % len(SENTENCES)]} for i in range(requests)]
-    queue = iter(payloads)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        for payload in payloads[:concurrency]:  # warm connections and the batcher
-            (await client.post(url, json=payload)).raise_for_status()
+async def _load(port: int, requests: int, concurrency: int) -> float:
+    """Requests per second from `concurrency` keep-alive connections of the raw client in
+    bench/load.py: with two cores shared, a heavier client would slow the server it measures."""
+    bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
+    connections = [RawConnection("127.0.0.1", port, "/functions/sentence-embed", bodies) for _ in range(concurrency)]
+    for index, connection in enumerate(connections):  # open connections, warm the batcher
+        status, _ = await connection.send(index)
+        assert status == 200
+    sent = iter(range(requests))
 
-        async def worker() -> None:
-            for payload in queue:
-                (await client.post(url, json=payload)).raise_for_status()
+    async def worker(connection: RawConnection) -> None:
+        for index in sent:
+            status, body = await connection.send(index)
+            if status != 200:
+                raise RuntimeError(f"status {status}: {body[:200]!r}")
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return requests / (time.perf_counter() - started)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in connections))
+    elapsed = time.perf_counter() - started
+    for connection in connections:
+        await connection.close()
+    return requests / elapsed
 
 
 def served(batching: bool, requests: int, concurrency: int) -> float:
@@ -118,7 +127,7 @@ def served(batching: bool, requests: int, concurrency: int) -> float:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError("server did not start")
             time.sleep(0.2)
-        return asyncio.run(_load(f"{base}/functions/sentence-embed", requests, concurrency))
+        return asyncio.run(_load(port, requests, concurrency))
     finally:
         server.terminate()
         server.wait(30)
