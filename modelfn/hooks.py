@@ -3,7 +3,6 @@ name `module:function` in the function's own folder."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,8 @@ def resolve_hook(spec: FunctionSpec, ref: str | None) -> Callable[..., Any] | No
     qualified = f"modelfn_functions.{spec.name.replace('-', '_')}.{module_name}"
     module = sys.modules.get(qualified)
     if module is None:
+        import importlib.util  # 15 ms at import; only functions with hooks need it
+
         loader_spec = importlib.util.spec_from_file_location(qualified, path)
         assert loader_spec and loader_spec.loader
         module = importlib.util.module_from_spec(loader_spec)

@@ -4,7 +4,9 @@ are enough.
 
 The schema is plain dataclasses checked by a small validator below rather than pydantic:
 importing pydantic and building these models costs about 0.2 s, more than ONNX Runtime
-itself, and every Lambda cold start would pay it."""
+itself, and every Lambda cold start would pay it. For the same reason they are neither
+frozen nor comparable (that code generation costs 12 ms per import): treat a loaded spec as
+read-only."""
 
 from __future__ import annotations
 
@@ -29,13 +31,13 @@ def _f(default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING, h
     return field(default=default, default_factory=factory, metadata={"help": help, **rules})
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ModelSpec:
     source: str = _f(help="Path relative to the function folder, or s3://, gs://, https:// URI.")
     sha256: str | None = _f(None, pattern=r"[0-9a-fA-F]{64}", help="Pin checked before loading.")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ImageSpec:
     width: int = _f(0, ge=0, help="Resize to this width; 0 takes it from the model.")
     height: int = _f(0, ge=0)
@@ -47,7 +49,7 @@ class ImageSpec:
     invert: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class IOSpec:
     codec: Literal["tensor", "records", "image", "text"] = "tensor"
     input: str | None = _f(None, help="Model input fed by the records, image or text codec.")
@@ -57,14 +59,14 @@ class IOSpec:
     max_body_mb: float = _f(32.0, gt=0, help="Largest request body the local server and Cloud Run accept.")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class HooksSpec:
     preprocess: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", help="'module:function'")
     postprocess: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
     tokenize: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class RuntimeSpec:
     accelerator: Literal["cpu", "gpu"] = "cpu"
     gpu_fallback: bool = _f(False, help="Run on CPU when a GPU was asked for but none is there.")
@@ -73,7 +75,7 @@ class RuntimeSpec:
     warmup: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class BatchingSpec:
     enabled: bool = True
     max_batch_size: int = _f(32, ge=1)
@@ -81,7 +83,7 @@ class BatchingSpec:
     pad_value: float | None = _f(None, help="Pad the second axis with this value to merge unequal lengths.")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class DeploySpec:
     memory_mb: int = _f(1024, ge=128, le=10240)
     timeout_s: int = _f(30, ge=1, le=900)
@@ -113,14 +115,14 @@ class DeploySpec:
         return found
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class HttpTrigger:
     api: bool = True
     function_url: bool = False
     auth: Literal["iam", "none"] = "iam"
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class S3Trigger:
     bucket: str | None = None
     prefix: str = "incoming/"
@@ -137,33 +139,33 @@ class S3Trigger:
         return []
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class SqsTrigger:
     batch_size: int = _f(10, ge=1, le=10000)
     output_queue: str | None = _f(None, help="Queue URL for results.")
     output_s3: str | None = _f(None, pattern=r"s3://[^/]+(/.*)?", help="s3://bucket/prefix for results.")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class TopicTrigger:
     topic: str | None = None
     output_topic: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class EventBridgeTrigger:
     source: list[str] = _f(factory=lambda: ["modelfn"])
     detail_type: list[str] = _f(factory=lambda: ["predict"])
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class GcsTrigger:
     bucket: str | None = None
     prefix: str = "incoming/"
     output_prefix: str = "predictions/"
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class BlobTrigger:
     path: str = "incoming/{name}"
     output_path: str = "predictions/{name}.json"
@@ -180,7 +182,7 @@ class BlobTrigger:
         return []
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class QueueTrigger:
     queue: str = "modelfn-requests"
     output_queue: str = "modelfn-results"
@@ -198,7 +200,7 @@ class QueueTrigger:
         return found
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class TriggersSpec:
     """A trigger is `true` for its defaults, a table to configure it, or absent/`false`."""
 
@@ -213,7 +215,7 @@ class TriggersSpec:
     queue: QueueTrigger | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class FunctionSpec:
     name: str = _f(pattern=r"[a-z0-9][a-z0-9-]{0,62}", help="Lower-case letters, digits and '-'.")
     model: ModelSpec = _f()
