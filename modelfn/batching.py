@@ -68,9 +68,13 @@ class MicroBatcher:
         self.on_batch = on_batch
 
     async def submit(self, decoded: Decoded) -> Outputs:
+        loop = asyncio.get_running_loop()
+        if self.worker is not None and self.worker.get_loop() is not loop:
+            # an adapter that runs each request on a fresh event loop: start over on this one
+            self.queue, self.worker = asyncio.Queue(), None
         if self.worker is None or self.worker.done():
-            self.worker = asyncio.get_running_loop().create_task(self._drain())
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+            self.worker = loop.create_task(self._drain())
+        future: asyncio.Future[Outputs] = loop.create_future()
         await self.queue.put(_Pending(decoded, future))
         return await future
 

@@ -293,3 +293,18 @@ def test_clients_that_hang_up_before_their_body_arrives_log_no_error(
         uvicorn_log.removeHandler(caplog.handler)
     assert answer.json() == {"total": [10.0]}
     assert [f"{r.name}: {r.getMessage()}" for r in caplog.records] == []
+
+
+def test_batcher_follows_its_caller_to_a_new_event_loop(tmp_path: Path) -> None:
+    """Adapters such as Mangum or Azure's AsgiMiddleware may run each request on a new loop."""
+    from modelfn.codecs import Decoded
+    from modelfn.function import ModelFunction
+    from modelfn.spec import load_spec
+
+    fn = ModelFunction(load_spec(function_folder(tmp_path, "rows", row_sum(4))))
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher(fn, executor)
+        for round_ in range(3):
+            rows = np.full((1, 4), round_, dtype=np.float32)
+            out = asyncio.run(batcher.submit(Decoded({"x": rows})))
+            assert out["total"].tolist() == [4.0 * round_]
