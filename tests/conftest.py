@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+pytest_plugins = ["support.aws_fixtures"]
 FUNCTIONS = ROOT / "functions"
 
 os.environ.update(

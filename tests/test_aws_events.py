@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.aws import capture_telemetry
 
 from modelfn.registry import Registry
 
@@ -32,20 +31,11 @@ def aws_lambda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     from handlers.aws import app
 
     monkeypatch.setenv("MODELFN_FUNCTION", "breast-cancer")
-    shutil.copytree(EVENTS / "s3", tmp_path / "s3")
+    # a local invoke may have left results next to the sample: they are not part of it
+    shutil.copytree(EVENTS / "s3", tmp_path / "s3", ignore=shutil.ignore_patterns("predictions"))
     monkeypatch.setenv("MODELFN_LOCAL_S3", str(tmp_path / "s3"))
     app.reset()
     return module
-
-
-@pytest.fixture
-def logs(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict[str, Any]]]:
-    return capture_telemetry(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def cancer() -> Any:
-    return Registry.from_dir(names=["breast-cancer"]).load("breast-cancer")
 
 
 def context(aws_lambda: Any) -> Any:

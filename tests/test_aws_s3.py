@@ -6,46 +6,16 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
-from support.aws import boto, capture_telemetry, moto_server, unique, use_endpoint
-
-from modelfn.registry import Registry
+from support.aws import boto, unique, use_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events" / "aws"
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> Any:
-    """The handler serving breast-cancer with every AWS call going to moto."""
-    from handlers import aws_lambda
-    from handlers.aws import app
-
-    use_endpoint(monkeypatch, endpoint)
-    monkeypatch.setenv("MODELFN_FUNCTION", "breast-cancer")
-    app.reset()
-    return aws_lambda
-
-
-@pytest.fixture
-def logs(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict[str, Any]]]:
-    return capture_telemetry(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def cancer() -> Any:
-    return Registry.from_dir(names=["breast-cancer"]).load("breast-cancer")
 
 
 def row(cancer_rows: Any, index: int) -> bytes:

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from live_server import LiveServer
-from support.aws import boto, capture_telemetry, moto_server, unique, use_endpoint
+from support.aws import boto, capture_telemetry, unique
 
 from handlers.cloud_run import create_app
 from modelfn.errors import IntegrityError, ModelUnavailable
@@ -265,33 +265,6 @@ def test_lambda_whose_s3_model_hangs_answers_503_with_the_reason(
 
 
 # SQS and S3 triggers against moto
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> Any:
-    from handlers import aws_lambda
-    from handlers.aws import app
-
-    use_endpoint(monkeypatch, endpoint)
-    monkeypatch.setenv("MODELFN_FUNCTION", "breast-cancer")
-    app.reset()
-    return aws_lambda
-
-
-@pytest.fixture
-def logs(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict[str, Any]]]:
-    return capture_telemetry(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def cancer() -> Any:
-    return Registry.from_dir(names=["breast-cancer"]).load("breast-cancer")
 
 
 def as_lambda_records(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
