@@ -105,14 +105,14 @@ def free_port() -> int:
 class ServerProcess:
     """`modelfn serve NAME` in a subprocess, on loopback, with its own model cache and log file."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, functions: Path = FUNCTIONS) -> None:
         self.name = name
         self.port = free_port()
         self.scratch = Path(tempfile.mkdtemp(prefix="modelfn-load-"))
         self.log = (self.scratch / "server.log").open("w+b")
         env = {**os.environ, "MODELFN_CACHE_DIR": str(self.scratch / "cache")}
         env.pop("MODELFN_API_KEY", None)
-        command = [sys.executable, "-m", "modelfn.cli", "--functions-dir", str(FUNCTIONS), "serve", name]
+        command = [sys.executable, "-m", "modelfn.cli", "--functions-dir", str(functions), "serve", name]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
         self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 

@@ -10,17 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-from load import RawConnection
+from load import RawConnection, ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTION = ROOT / "functions" / "sentence-embed"
@@ -59,12 +55,6 @@ def offline(batch: int, rounds: int) -> float:
     for _ in range(rounds):
         session.run(None, hooks.tokenize(texts))
     return batch * rounds / (time.perf_counter() - started)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _functions_dir(batching: bool) -> Path:
@@ -107,30 +97,13 @@ async def _load(port: int, requests: int, concurrency: int) -> float:
 
 
 def served(batching: bool, requests: int, concurrency: int) -> float:
-    port = _free_port()
     functions = _functions_dir(batching)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "modelfn.cli", "--functions-dir", str(functions), "serve", "--port", str(port)],
-        env={**os.environ, "MODELFN_CACHE_DIR": str(functions / ".cache")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = ServerProcess("sentence-embed", functions)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not start")
-            time.sleep(0.2)
-        return asyncio.run(_load(port, requests, concurrency))
+        server.wait_ready()
+        return asyncio.run(_load(server.port, requests, concurrency))
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
         shutil.rmtree(functions, ignore_errors=True)
 
 

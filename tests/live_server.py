@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from typing import Any
 
+import httpx
 import uvicorn
+
+
+def wait_until_ready(base: str, process: subprocess.Popen[Any], limit_s: float = 60) -> None:
+    """Until a `modelfn serve` subprocess answers its readiness probe; fails if it exits first."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            if httpx.get(f"{base}/v2/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the server at {base} did not become ready")
+        time.sleep(0.1)
 
 
 class LiveServer:

@@ -7,10 +7,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from live_server import wait_until_ready
 from onnx import TensorProto
 from onnx_models import function_folder, identity
 
@@ -77,15 +77,7 @@ def test_a_new_model_folder_is_served_with_no_code(tmp_path: Path) -> None:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "server did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(url, process)
         answer = httpx.post(f"{url}/functions/doubler-free", json={"x": [[1, 2, 3]]})
         assert answer.json() == {"y": [[1, 2, 3]]}
     finally:

@@ -17,13 +17,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from live_server import wait_until_ready
 from support.lambda_runtime import RuntimeApi, lambda_environment, start_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,15 +89,10 @@ def test_local_server_logs_neither_payloads_nor_the_key(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     statuses = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        try:
+            wait_until_ready(base, server)
+        except AssertionError:
+            raise AssertionError(log.read_text()) from None
         keys = [{"x-api-key": KEY}, {"authorization": f"Bearer {KEY}"}, {"x-api-key": f"{MARKER}-{KEY[:4]}"}, {}]
         for index, (function, body, content_type) in enumerate(payloads()):
             headers = {"content-type": content_type, **keys[index % len(keys)]}
