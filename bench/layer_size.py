@@ -10,7 +10,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from modelfn.layer import PLATFORMS, PYTHONS, build_layer, naive_size
+from modelfn.deploy.layer import PLATFORMS, PYTHONS, build_layer, naive_size
 
 MB = 1024 * 1024
 

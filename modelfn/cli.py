@@ -126,13 +126,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from modelfn import plan
+    from modelfn.deploy import plan
 
     return plan.main(args)
 
 
 def cmd_layer(args: argparse.Namespace) -> int:
-    from modelfn.layer import build_layer
+    from modelfn.deploy.layer import build_layer
 
     report = build_layer(args.python, args.arch, Path(args.out), force=args.force)
     print(report.summary())

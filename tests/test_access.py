@@ -209,8 +209,8 @@ def test_every_provider_applies_the_key_like_the_local_server(keyed_env: None, p
 
 
 def test_cloud_run_and_cloud_functions_require_iam_unless_auth_is_none(tmp_path: Path) -> None:
-    from modelfn.deploy_gcp import write
-    from modelfn.plan import place
+    from modelfn.deploy.gcp import write
+    from modelfn.deploy.plan import place
 
     written: dict[str, str] = {}
     for name, toml in {

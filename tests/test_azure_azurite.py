@@ -28,7 +28,7 @@ import pytest
 from azure.functions.queue import QueueMessage
 
 from handlers.azure_functions import blob_bindings, build_app, invoke, output_blob_path, trigger_type
-from modelfn.deploy_azure import host_json
+from modelfn.deploy.azure import host_json
 from modelfn.errors import NotFound
 from modelfn.spec import BlobTrigger, load_spec
 

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from modelfn.cli import main
-from modelfn.deploy_azure import requirements, write
-from modelfn.plan import place
+from modelfn.deploy.azure import requirements, write
+from modelfn.deploy.plan import place
 from modelfn.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ sys.path.insert(0, str(CDK_DIR))
 
 from modelfn_cdk.assets import codec_requirements, dependency_layer, runtime_layer  # noqa: E402
 
-from modelfn.plan import place  # noqa: E402
+from modelfn.deploy.plan import place  # noqa: E402
 from modelfn.spec import discover, load_spec  # noqa: E402
 
 CLOSED_PORT_PROXY = "http://127.0.0.1:9"
@@ -188,7 +188,7 @@ def lambda_filesystem(outdir: Path, function: str, root: Path) -> tuple[Path, Pa
 def invoke_in_lambda_layout(outdir: Path, function: str, root: Path, events: list[dict[str, Any]]) -> list[Any]:
     """Run `handlers.aws_lambda.handler` on `events` under the Lambda runtime's Python, with
     only the code asset and the layers on its path (no site-packages: nothing from this venv)."""
-    from modelfn.layer import find_interpreter
+    from modelfn.deploy.layer import find_interpreter
 
     python = find_interpreter("3.12")
     if python is None:

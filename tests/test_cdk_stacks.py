@@ -32,8 +32,8 @@ from modelfn_cdk.build import build  # noqa: E402
 from modelfn_cdk.settings import DeployRefused, Settings  # noqa: E402
 from modelfn_cdk.stack import HANDLER  # noqa: E402
 
-from modelfn.layer import find_interpreter  # noqa: E402
-from modelfn.plan import place  # noqa: E402
+from modelfn.deploy.layer import find_interpreter  # noqa: E402
+from modelfn.deploy.plan import place  # noqa: E402
 from modelfn.spec import load_spec  # noqa: E402
 
 CANCER_MODEL = ROOT / "functions" / "breast-cancer" / "model.onnx"

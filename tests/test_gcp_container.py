@@ -21,8 +21,8 @@ import httpx
 import numpy as np
 import pytest
 
-from modelfn.deploy_gcp import write
-from modelfn.plan import place
+from modelfn.deploy.gcp import write
+from modelfn.deploy.plan import place
 from modelfn.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

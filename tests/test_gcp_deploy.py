@@ -20,8 +20,8 @@ import httpx
 import pytest
 import yaml
 
-from modelfn.deploy_gcp import resources, write
-from modelfn.plan import place
+from modelfn.deploy.gcp import resources, write
+from modelfn.deploy.plan import place
 from modelfn.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

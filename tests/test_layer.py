@@ -13,8 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from modelfn.errors import ModelfnError
-from modelfn.layer import (
+from modelfn.deploy.layer import (
     LAMBDA_UNZIPPED_LIMIT,
     LayerReport,
     LayerTooLarge,
@@ -24,6 +23,7 @@ from modelfn.layer import (
     pip_install,
     platform_tag,
 )
+from modelfn.errors import ModelfnError
 
 MB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]

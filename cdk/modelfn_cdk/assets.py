@@ -1,6 +1,6 @@
 """Build inputs for the stacks, made with plain file copies and pip so that `cdk synth` needs
 no Docker: the function's code folder (zip asset), the build context of a container image,
-and the layers (ONNX Runtime + NumPy from `modelfn.layer`, and a dependency layer with the
+and the layers (ONNX Runtime + NumPy from `modelfn.deploy.layer`, and a dependency layer with the
 handler's and the codec's other libraries)."""
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelfn.layer import MARKER, build_layer, compile_bytecode, find_interpreter, platform_tag, tree_bytes, zip_tree
+from modelfn.deploy.layer import (
+    MARKER,
+    build_layer,
+    compile_bytecode,
+    find_interpreter,
+    platform_tag,
+    tree_bytes,
+    zip_tree,
+)
 from modelfn.spec import FunctionSpec
 from modelfn_cdk.settings import REPO, DeployRefused
 

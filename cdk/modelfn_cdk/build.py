@@ -1,4 +1,4 @@
-"""From `functions/*/function.toml` to stacks: each function goes where `modelfn.plan` places it
+"""From `functions/*/function.toml` to stacks: each function goes where `modelfn.deploy.plan` places it
 on AWS; GPU functions are skipped with the reason (Lambda has no GPUs), anything else the
 app cannot build stops the synth with a message naming the field to change."""
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from aws_cdk import App, Validations
 
-from modelfn.plan import place
+from modelfn.deploy.plan import place
 from modelfn.spec import FunctionSpec, discover, load_spec
 from modelfn_cdk.assets import LayerArtifact, codec_requirements, dependency_layer, runtime_layer
 from modelfn_cdk.settings import DeployRefused, Settings

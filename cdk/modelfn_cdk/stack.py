@@ -1,4 +1,4 @@
-"""One stack per function: the Lambda (zip + layers, or container image) that `modelfn.plan`
+"""One stack per function: the Lambda (zip + layers, or container image) that `modelfn.deploy.plan`
 chose, its `live` alias with provisioned concurrency or SnapStart, its triggers, a role that
 reaches only what the spec names, log retention, alarms and the optional gradual rollout."""
 
@@ -15,8 +15,8 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from modelfn.layer import check_budget, tree_bytes
-from modelfn.plan import Placement
+from modelfn.deploy.layer import check_budget, tree_bytes
+from modelfn.deploy.plan import Placement
 from modelfn.spec import FunctionSpec
 from modelfn_cdk import monitoring, triggers
 from modelfn_cdk.access import allow, s3_arn, s3_uri_parts

@@ -25,7 +25,7 @@ GPU_MIN_MEMORY_MB = 16 * 1024
 PROVIDERS = ("aws", "gcp", "azure")
 EVENT_TRIGGERS = {"aws": ("s3", "sqs", "sns", "eventbridge"), "gcp": ("pubsub", "gcs"), "azure": ("blob", "queue")}
 # modules that write a provider's deployable configuration: write(spec, placement, out_dir) -> list[Path]
-WRITERS = {"gcp": "modelfn.deploy_gcp", "azure": "modelfn.deploy_azure"}
+WRITERS = {"gcp": "modelfn.deploy.gcp", "azure": "modelfn.deploy.azure"}
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ def folder_bytes(folder: Path) -> int:
 
 def code_bytes() -> int:
     """modelfn + handlers, as they go into a Lambda zip."""
-    root = Path(__file__).resolve().parent
-    return folder_bytes(root) + folder_bytes(root.parent / "handlers")
+    root = Path(__file__).resolve().parents[2]
+    return folder_bytes(root / "modelfn") + folder_bytes(root / "handlers")
 
 
 def model_bytes(spec: FunctionSpec) -> int:

@@ -14,10 +14,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from modelfn.plan import Placement
+from modelfn.deploy.plan import Placement
 from modelfn.spec import FunctionSpec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("modelfn", "handlers")
 SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.partial", "*.lock", ".DS_Store")
 EXTENSION_BUNDLE = {"id": "Microsoft.Azure.Functions.ExtensionBundle", "version": "[4.*, 5.0.0)"}

@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from modelfn.plan import (
+from modelfn.deploy.plan import (
     CLOUD_FUNCTIONS_SOURCE_LIMIT,
     GPU_MIN_CPU,
     GPU_MIN_MEMORY_MB,
@@ -32,7 +32,7 @@ from modelfn.plan import (
 )
 from modelfn.spec import FunctionSpec, GcsTrigger, TopicTrigger
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PORT = 8080
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 GCS_FINALIZED = "google.cloud.storage.object.v1.finalized"
