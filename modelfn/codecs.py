@@ -8,13 +8,17 @@ import base64
 import binascii
 import io
 import json
-from collections.abc import Callable
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
 
-from modelfn.errors import BadRequest, InferenceError, InvalidInput, UnsupportedMediaType
+from modelfn.errors import BadRequest, InferenceError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelfn.session import TensorInfo
 from modelfn.spec import IOSpec
 from modelfn.tensors import coerce, coerce_item, to_json
@@ -49,12 +53,45 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def parse_json(body: bytes | str) -> Any:
-    if not body or not (body.strip() if isinstance(body, bytes | str) else True):
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a JSON body may have: deeper ones are refused before parsing,
+where Python's parser would recurse (and fail) or a hook would walk them."""
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def nested_deeper_than(text: bytes, limit: int) -> bool:
+    """Whether arrays and objects in `text` nest deeper than `limit`, counted without parsing it
+    (brackets inside strings skipped): linear in the size, with bounded memory."""
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False
+    if b'"' in text:
+        text = _JSON_STRING.sub(b"", text)
+    brackets = np.frombuffer(text.translate(None, _NOT_BRACKETS), dtype=np.uint8)
+    depth, chunk = 0, 1 << 22
+    for start in range(0, brackets.size, chunk):
+        part = brackets[start : start + chunk]
+        levels = depth + np.cumsum(np.where((part == ord("[")) | (part == ord("{")), 1, -1).astype(np.int32))
+        if int(levels.max()) > limit:
+            return True
+        depth = int(levels[-1])
+    return False
+
+
+def parse_json(body: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    if not body or not body.strip():
         raise BadRequest("empty body: send a JSON document")
+    raw = body.encode("utf-8", "replace") if isinstance(body, str) else body
+    if nested_deeper_than(raw, max_depth):
+        raise BadRequest(f"JSON nested deeper than {max_depth} levels of arrays and objects; flatten the document")
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"malformed JSON: the body is not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+    except RecursionError:
+        raise BadRequest(f"JSON nested deeper than {max_depth} levels of arrays and objects") from None
+    except ValueError as exc:  # JSONDecodeError, and integers longer than Python converts (4300 digits)
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 
@@ -168,12 +205,32 @@ class ImageCodec(Codec):
             raise InvalidInput('expected image bytes, {"image": "<base64>"} or {"images": ["<base64>", ...]}')
         if not images:
             raise InvalidInput("no images in the request")
-        arrays = [
-            self._pixels(img if isinstance(img, bytes) else b64decode(img, f"image {i}"))
-            for i, img in enumerate(images)
-        ]
+        blobs = [img if isinstance(img, bytes) else b64decode(img, f"image {i}") for i, img in enumerate(images)]
+        limit = self.io.image.max_pixels
+        with ExitStack() as stack:
+            opened = [stack.enter_context(_open_image(b, i, len(blobs), limit)) for i, b in enumerate(blobs)]
+            self._check_pixels(opened)
+            arrays = [self._pixels(image, i, len(blobs)) for i, image in enumerate(opened)]
         batch = np.stack(arrays)
         return Decoded({self.target.name: coerce(batch, self.target, "reject")}, single=single)
+
+    def _check_pixels(self, images: list[Any]) -> None:
+        """From the headers alone: a small file can declare a huge picture, and decoding it would
+        take the memory and the time of that picture."""
+        limit = self.io.image.max_pixels
+        total = sum(image.size[0] * image.size[1] for image in images)
+        if total <= limit:
+            return
+        if len(images) == 1:
+            width, height = images[0].size
+            what = f"the image is {width}x{height} ({_megapixels(total)})"
+        else:
+            what = f"the {len(images)} images hold {_megapixels(total)} together"
+        raise PayloadTooLarge(
+            f"{what}; this function decodes at most {_megapixels(limit)} per request (io.image.max_pixels)",
+            pixels=total,
+            max_pixels=limit,
+        )
 
     def _size(self) -> tuple[int, int]:
         spec, shape = self.io.image, self.target.shape or ()
@@ -185,18 +242,15 @@ class ImageCodec(Codec):
             raise InvalidInput("the image size is unknown: set io.image.width and io.image.height")
         return width, height
 
-    def _pixels(self, data: bytes) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+    def _pixels(self, image: Any, index: int, count: int) -> np.ndarray:
+        from PIL import Image
 
         spec = self.io.image
         try:
-            with Image.open(io.BytesIO(data)) as opened:
-                resized = opened.convert(spec.mode).resize(self._size(), Image.Resampling.BILINEAR)
-                array = np.asarray(resized, dtype=np.float32)
-        except UnidentifiedImageError:
-            raise BadRequest("the image could not be decoded: not a PNG, JPEG or other known image format") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise BadRequest(f"the image could not be decoded: {exc}") from None
+            resized = image.convert(spec.mode).resize(self._size(), Image.Resampling.BILINEAR)
+            array = np.asarray(resized, dtype=np.float32)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise BadRequest(f"{_which(index, count)} could not be decoded: {exc}") from None
         if spec.invert:
             array = 255.0 - array
         array = array * np.float32(spec.scale)
@@ -211,6 +265,51 @@ class ImageCodec(Codec):
         if spec.layout == "flat":
             return array.reshape(-1)
         return array
+
+
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+"""What the image codec opens: Pillow reads many more formats, each more code an attacker can reach."""
+
+
+def _which(index: int, count: int) -> str:
+    return "the image" if count == 1 else f"image {index}"
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels} pixels"
+
+
+@cache
+def _quiet_pillow_limit() -> None:
+    """Pillow warns about images over 89 megapixels as it opens them; io.image.max_pixels, checked
+    right after, is the rule here, so the warning is noise in the logs."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+@contextmanager
+def _open_image(data: bytes, index: int, count: int, limit: int) -> Iterator[Any]:
+    """The image, opened lazily: its header is read, its pixels are not."""
+    from PIL import Image, UnidentifiedImageError
+
+    _quiet_pillow_limit()
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise BadRequest(
+            f"{_which(index, count)} could not be decoded: not a PNG, JPEG, GIF, BMP or WebP image"
+        ) from None
+    except Image.DecompressionBombError:  # Pillow's own ceiling, far above io.image.max_pixels' default
+        ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise PayloadTooLarge(
+            f"{_which(index, count)} declares more than {_megapixels(ceiling)}; "
+            f"this function decodes at most {_megapixels(limit)} per request (io.image.max_pixels)"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadRequest(f"{_which(index, count)} could not be decoded: {exc}") from None
+    with image:
+        yield image
 
 
 class TextCodec(Codec):

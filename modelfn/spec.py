@@ -47,6 +47,9 @@ class ImageSpec:
     mean: list[float] = _f(factory=list)
     std: list[float] = _f(factory=list)
     invert: bool = False
+    max_pixels: int = _f(
+        40_000_000, ge=1, help="Most pixels one request may decode (all its images), read from their headers first."
+    )
 
 
 @dataclass(eq=False)

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto
 from onnx_models import function_folder, identity, multi_io
 
-from modelfn.errors import BadRequest, InvalidInput, UnsupportedMediaType, error_body
+from modelfn.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, error_body
 from modelfn.function import ModelFunction
 from modelfn.spec import load_spec
 
@@ -214,3 +214,123 @@ def test_hooks_run_before_and_after_the_model(tmp_path: Path) -> None:
     assert fn.predict(payload={"a": 1, "b": 2, "c": 4}) == {"total": 7.0}
     with pytest.raises(InvalidInput, match="pre refused the input"):
         fn.predict(payload={"a": 1})
+
+
+# --- hostile bodies: a 4xx naming the problem, never a 500 or a hang ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 1000 + b"]" * 1000, "JSON nested deeper than 64 levels of arrays and objects"),
+        (b'{"X": ' + b"[" * 65 + b"]" * 65 + b"}", "JSON nested deeper than 64 levels"),
+        (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "JSON nested deeper than 64 levels"),
+        (b"1" * 5000, "malformed JSON: Exceeds the limit (4300 digits)"),
+        (b'{"X": [\x80]}', "malformed JSON: the body is not UTF-8 text (byte 7 cannot be decoded)"),
+    ],
+    ids=["arrays-1000", "arrays-65", "objects-100000", "long-integer", "not-utf8"],
+)
+def test_hostile_json_is_a_400_naming_the_problem(body: bytes, message: str) -> None:
+    fn = ModelFunction(load_spec(FUNCTIONS / "breast-cancer"))
+    with pytest.raises(BadRequest) as caught:
+        fn.predict(body=body)
+    assert message in caught.value.message
+    assert error_body(caught.value) == (400, {"error": caught.value.message, "code": "bad_request"})
+
+
+def test_json_depth_counts_brackets_outside_strings_only() -> None:
+    from modelfn.codecs import nested_deeper_than, parse_json
+
+    assert parse_json(b'{"text": "' + b"[" * 5000 + b'"}') == {"text": "[" * 5000}
+    assert parse_json('["\\"[[[[", ' + "[" * 63 + "]" * 63 + "]") == ['"[[[[', json.loads("[" * 63 + "]" * 63)]
+    assert not nested_deeper_than(b"[" + b"[1, 2], " * 100_000 + b"[3]]", 2)
+    assert nested_deeper_than(b"[" + b"[1, 2], " * 100_000 + b"[[3]]]", 2)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG of a signature and an IHDR chunk declaring `width` x `height`, and no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "message"),
+    [
+        (20000, 20000, "the image declares more than 179.0 megapixels; this function decodes at most 40.0 megapixels"),
+        (13300, 13300, "the image is 13300x13300 (176.9 megapixels); this function decodes at most 40.0 megapixels"),
+        (7000, 7000, "the image is 7000x7000 (49.0 megapixels); this function decodes at most 40.0 megapixels"),
+    ],
+)
+def test_image_pixel_count_is_checked_from_the_header(width: int, height: int, message: str) -> None:
+    body = _png_header(width, height)
+    assert len(body) == 45
+    fn = ModelFunction(load_spec(FUNCTIONS / "digits"))
+    for send in (
+        lambda: fn.predict(body=body, content_type="image/png"),
+        lambda: fn.predict(payload={"image": base64.b64encode(body).decode()}),
+    ):
+        with pytest.raises(PayloadTooLarge) as caught:
+            send()
+        assert message in caught.value.message and "(io.image.max_pixels)" in caught.value.message
+        assert error_body(caught.value)[0] == 413
+
+
+def test_a_real_one_colour_13300_square_png_is_refused_without_decoding() -> None:
+    import resource
+    import time
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (13300, 13300), 255).save(buffer, "PNG")
+    body = buffer.getvalue()
+    fn = ModelFunction(load_spec(FUNCTIONS / "digits"))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    with pytest.raises(PayloadTooLarge, match="13300x13300"):
+        fn.predict(body=body, content_type="image/png")
+    assert time.perf_counter() - started < 1.0
+    # decoding it would take 177 MB for its pixels alone; the peak may not grow by a tenth of that
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 16 * 1024
+
+
+def test_the_pixel_limit_counts_every_image_of_a_request_and_is_configurable(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "digits"
+    shutil.copytree(FUNCTIONS / "digits", folder)
+    spec_text = (folder / "function.toml").read_text()
+    (folder / "function.toml").write_text(spec_text.replace("[io.image]", "[io.image]\nmax_pixels = 100"))
+    fn = ModelFunction(load_spec(folder))
+    png, digit = _digit_png(3)  # 8 x 8 = 64 pixels
+    assert fn.predict(body=png, content_type="image/png")["label"] == digit
+    two = {"images": [base64.b64encode(png).decode()] * 2}
+    with pytest.raises(PayloadTooLarge) as caught:
+        fn.predict(payload=two)
+    assert caught.value.message == (
+        "the 2 images hold 128 pixels together; this function decodes at most 100 pixels per request "
+        "(io.image.max_pixels)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"II*\x00\x08\x00\x00\x00" + b"\x00" * 16, "not a PNG, JPEG, GIF, BMP or WebP image"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n", "not a PNG, JPEG, GIF, BMP or WebP image"),
+    ],
+    ids=["tiff", "eps"],
+)
+def test_image_formats_beyond_the_listed_ones_are_not_opened(body: bytes, message: str) -> None:
+    fn = ModelFunction(load_spec(FUNCTIONS / "digits"))
+    with pytest.raises(BadRequest, match=message):
+        fn.predict(body=body, content_type="image/png")
