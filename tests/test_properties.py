@@ -1,7 +1,8 @@
 """Properties of the tensor codec and the Open Inference Protocol, on identity models of many
 dtypes and shapes (fixed, dynamic, batched, scalar): every array of the model's dtype and a
-valid shape comes back exactly, through the JSON the HTTP service writes; every invalid one
-is refused with a 4xx `ModelfnError`, never with another exception."""
+valid shape comes back exactly, through the JSON the HTTP service writes and through the binary
+tensor extension; every invalid one is refused with a 4xx `ModelfnError`, never with another
+exception."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays, from_dtype
 from onnx import TensorProto
 from onnx_models import function_folder, identity
+from support.oip_client import parse_response, request_body
 
+from modelfn import protocol
 from modelfn.errors import ModelfnError
 from modelfn.function import ModelFunction
 from modelfn.http import HttpRequest, Service
@@ -254,6 +257,54 @@ def test_v2_tensors_that_contradict_themselves_are_refused(registry: Registry, c
     values += values[:1] * data.draw(st.integers(1, 3), label="extra values")
     error = refused(lambda: fn.infer_v2(v2_request(case, array, data=values)))
     assert "do not fill shape" in error.message
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@PROPERTY
+@given(data=st.data())
+def test_valid_arrays_round_trip_through_the_binary_extension(
+    registry: Registry, case: Case, data: st.DataObject
+) -> None:
+    """tritonclient's binary bodies (raw little-endian bytes, BYTES length-prefixed), answered in binary."""
+    fn: ModelFunction = registry.load(case.name)
+    array = data.draw(valid_array(case), label="x")
+    sent = (
+        np.array([s.encode() for s in array.reshape(-1)], dtype=object).reshape(array.shape)
+        if case.kind == "O"
+        else array
+    )
+    body, length = request_body({"x": sent}, binary=True)
+    request = protocol.decode_body(body, length, fn.inputs, "reject", outputs=fn.outputs)
+    answer, answer_length = protocol.encode_body(fn.name, fn.run(request.feeds), fn.outputs, request)
+    got = parse_response(answer, answer_length).as_numpy("y")
+    if case.kind == "O":
+        got = np.array([v.decode() for v in got.reshape(-1)], dtype=object).reshape(got.shape)
+    assert_exactly(case, got, array)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@PROPERTY
+@given(data=st.data())
+def test_any_shape_and_data_is_answered_or_refused_with_a_4xx(
+    registry: Registry, case: Case, data: st.DataObject
+) -> None:
+    """Huge, negative, boolean or fractional dimensions and data of any JSON shape: never another exception."""
+    fn: ModelFunction = registry.load(case.name)
+    dims = st.one_of(st.integers(-3, 8), st.integers(min_value=2**31), st.booleans(), st.floats(0, 4))
+    shape = data.draw(st.one_of(st.lists(dims, max_size=5), JSON_VALUES), label="shape")
+    values = data.draw(JSON_VALUES, label="data")
+    document = v2_request(case, shape=shape, data=values)
+    try:
+        fn.infer_v2(json.loads(json.dumps(document)))
+    except ModelfnError as error:
+        assert 400 <= error.status < 500, (error.status, error.message)
 
 
 def test_nan_passes_when_the_policy_allows_it(tmp_path: Path) -> None:
