@@ -131,6 +131,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return plan.main(args)
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from modelfn.deploy import optimize
+
+    return optimize.main(args)
+
+
 def cmd_layer(args: argparse.Namespace) -> int:
     from modelfn.deploy.layer import build_layer
 
@@ -173,6 +179,21 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", help="write the deployable configuration here")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(run=cmd_plan)
+
+    optimize = sub.add_parser(
+        "optimize", help="a smaller, faster model, switched to only when it passes the accuracy guard"
+    )
+    optimize.add_argument("name")
+    optimize.add_argument("--data", help="sample requests, one JSON payload per line (default: samples.jsonl)")
+    optimize.add_argument("--steps", help="comma-separated: int8,graph,ort (CPU) or fp16 (GPU); default: all")
+    optimize.add_argument("--dry-run", action="store_true", help="report only: write nothing, leave the spec")
+    optimize.add_argument("--explore", action="store_true", help="measure every candidate, not only up to the kept one")
+    optimize.add_argument(
+        "--no-gain-check",
+        action="store_true",
+        help="keep a step that passes the guard even if no faster or smaller here",
+    )
+    optimize.set_defaults(run=cmd_optimize)
 
     layer = sub.add_parser("layer", help="Lambda layer tools").add_subparsers(dest="layer_command", required=True)
     build = layer.add_parser("build", help="build the slim ONNX Runtime + NumPy layer")

@@ -219,6 +219,20 @@ class TriggersSpec:
 
 
 @dataclass(eq=False)
+class OptimizeSpec:
+    """What `modelfn optimize` must keep: an optimised model is refused below these, on sample requests."""
+
+    min_label_agreement: float = _f(
+        0.995,
+        ge=0,
+        le=1,
+        help="Share of sample requests with the same label (integer outputs, argmax of probabilities).",
+    )
+    min_cosine: float = _f(0.99, ge=-1, le=1, help="Mean cosine similarity to the original's vectors (embeddings).")
+    max_abs_diff: float | None = _f(None, ge=0, help="Largest absolute difference allowed on other float outputs.")
+
+
+@dataclass(eq=False)
 class FunctionSpec:
     name: str = _f(pattern=r"[a-z0-9][a-z0-9-]{0,62}", help="Lower-case letters, digits and '-'.")
     model: ModelSpec = _f()
@@ -229,6 +243,7 @@ class FunctionSpec:
     batching: BatchingSpec = _f(factory=lambda: BatchingSpec())
     deploy: DeploySpec = _f(factory=lambda: DeploySpec())
     triggers: TriggersSpec = _f(factory=lambda: TriggersSpec())
+    optimize: OptimizeSpec = _f(factory=lambda: OptimizeSpec())
     folder: Path = _f(Path("."), help="Set by the loader: the folder holding function.toml.")
 
     def problems(self) -> list[str]:

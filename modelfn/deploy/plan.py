@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -56,7 +57,23 @@ def model_bytes(spec: FunctionSpec) -> int:
     a remote one is fetched into /tmp at init and counts against ephemeral storage instead."""
     if urlparse(spec.model.source).scheme in ("s3", "gs", "http", "https"):
         return 0
-    return folder_bytes(spec.folder)
+    return folder_bytes(spec.folder) - sum(p.stat().st_size for p in left_behind(spec))
+
+
+MODEL_SUFFIXES = (".onnx", ".ort")
+
+
+def left_behind(spec: FunctionSpec) -> set[Path]:
+    """Model files in the function folder that the spec does not serve (the original that
+    `modelfn optimize` keeps beside its output, an older export): no bundle ships them."""
+    served = (spec.folder / spec.model.source).resolve()
+    return {p for p in spec.folder.rglob("*") if p.suffix in MODEL_SUFFIXES and p.resolve() != served}
+
+
+def function_files(spec: FunctionSpec) -> Callable[[str, list[str]], set[str]]:
+    """A `shutil.copytree` ignore for the function folder: leaves out `left_behind` models."""
+    unused = {p.resolve() for p in left_behind(spec)}
+    return lambda folder, names: {n for n in names if (Path(folder) / n).resolve() in unused}
 
 
 def _aws(spec: FunctionSpec) -> Placement:
