@@ -23,6 +23,7 @@ from modelfn.deploy.layer import (
     tree_bytes,
     zip_tree,
 )
+from modelfn.deploy.plan import function_files
 from modelfn.spec import FunctionSpec
 from modelfn_cdk.settings import REPO, DeployRefused
 
@@ -50,8 +51,11 @@ class LayerArtifact:
     description: str
 
 
-def copy_tree(source: Path, target: Path) -> None:
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*SKIPPED), dirs_exist_ok=True)
+def copy_tree(source: Path, target: Path, spec: FunctionSpec | None = None) -> None:
+    skipped = shutil.ignore_patterns(*SKIPPED)
+    unused = function_files(spec) if spec else None  # the original `modelfn optimize` keeps
+    ignore = (lambda d, n: set(skipped(d, n)) | unused(d, n)) if unused else skipped
+    shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
 
 
 def copy_sources(spec: FunctionSpec, root: Path) -> Path:
@@ -59,7 +63,7 @@ def copy_sources(spec: FunctionSpec, root: Path) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     for package in PACKAGES:
         copy_tree(REPO / package, root / package)
-    copy_tree(spec.folder, root / "functions" / spec.name)
+    copy_tree(spec.folder, root / "functions" / spec.name, spec)
     return root
 
 

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from modelfn.deploy.plan import Placement
+from modelfn.deploy.plan import Placement, function_files
 from modelfn.spec import FunctionSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,10 +119,11 @@ def local_settings(spec: FunctionSpec) -> dict[str, Any]:
     return {"IsEncrypted": False, "Values": values}
 
 
-def _copy_tree(src: Path, dst: Path) -> Path:
+def _copy_tree(src: Path, dst: Path, spec: FunctionSpec | None = None) -> Path:
     if dst.exists():
         shutil.rmtree(dst)  # a stale module from an earlier run must not ship
-    shutil.copytree(src, dst, ignore=SKIPPED)
+    unused = function_files(spec) if spec else None
+    shutil.copytree(src, dst, ignore=lambda d, n: set(SKIPPED(d, n)) | (unused(d, n) if unused else set()))
     return dst
 
 
@@ -144,5 +145,5 @@ def write(spec: FunctionSpec, placement: Placement, out_dir: Path) -> list[Path]
         written.append(app / name)
     for package in PACKAGES:
         written.append(_copy_tree(ROOT / package, app / package))
-    written.append(_copy_tree(spec.folder, app / "functions" / spec.name))
+    written.append(_copy_tree(spec.folder, app / "functions" / spec.name, spec))
     return written

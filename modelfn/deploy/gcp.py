@@ -29,6 +29,7 @@ from modelfn.deploy.plan import (
     GPU_MIN_MEMORY_MB,
     GPU_TYPE,
     Placement,
+    function_files,
 )
 from modelfn.spec import FunctionSpec, GcsTrigger, TopicTrigger
 
@@ -351,11 +352,15 @@ def _source_folder(spec: FunctionSpec, placement: Placement, source: Path) -> li
     for package in ("modelfn", "handlers"):
         shutil.copytree(ROOT / package, source / package, ignore=SKIPPED)
 
+    unused_models = function_files(spec)
+
     def skipped(folder: str, names: list[str]) -> set[str]:
         # --out may lie inside the function folder: never copy the output into itself
-        return set(SKIPPED(folder, names)) | {
-            n for n in names if source.resolve().is_relative_to(Path(folder, n).resolve())
-        }
+        return (
+            set(SKIPPED(folder, names))
+            | unused_models(folder, names)
+            | {n for n in names if source.resolve().is_relative_to(Path(folder, n).resolve())}
+        )
 
     shutil.copytree(spec.folder, source / "functions" / spec.name, ignore=skipped)
     (source / "main.py").write_text(MAIN_PY.format(name=spec.name))
