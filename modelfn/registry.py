@@ -9,7 +9,7 @@ from pathlib import Path
 
 from modelfn.errors import ModelfnError, ModelUnavailable, NotFound
 from modelfn.function import ModelFunction
-from modelfn.sources import Progress, cache_dir
+from modelfn.sources import Progress, cache_dir, public_message, redact
 from modelfn.spec import FunctionSpec, discover, load_spec
 
 log = logging.getLogger("modelfn")
@@ -44,9 +44,9 @@ class Registry:
         try:
             fn = ModelFunction(self.specs[name], self.progress)
         except ModelfnError as exc:
-            log.error("function %s failed to load: %s", name, exc.message)
-            # clients see the reason, not where this server keeps its files (the log has both)
-            reason = exc.message.replace(f"{self.specs[name].folder}/", "").replace(f"{cache_dir()}/", "")
+            # no credentials or query strings anywhere; the log keeps this server's paths, clients do not see them
+            log.error("function %s failed to load: %s", name, redact(exc.message))
+            reason = public_message(exc.message, self.specs[name].folder, cache_dir())
             self.failed[name] = ModelUnavailable(f"function {name!r} is not available: {reason}", function=name)
             raise self.failed[name] from None
         self.loaded[name] = fn

@@ -22,6 +22,8 @@ os.environ.update(
         "AWS_REGION": "us-east-1",
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
+        # model stores in tests are loopback servers; tests of the refusal unset it
+        "MODELFN_ALLOW_PRIVATE_SOURCES": "1",
     }
 )
 os.environ.pop("MODELFN_API_KEY", None)

@@ -137,10 +137,11 @@ def bounded(call: Callable[[], object], limit_s: float = 60) -> BaseException | 
 def test_unreachable_and_corrupt_sources_leave_their_functions_not_ready_and_the_rest_serving(
     tmp_path: Path, cancer_rows: np.ndarray
 ) -> None:
-    corrupt = ModelHost(MODEL_BYTES[: len(MODEL_BYTES) // 2])  # a download cut short, no pin to catch it
+    corrupt = ModelHost(MODEL_BYTES[: len(MODEL_BYTES) // 2])  # a model cut short
     try:
-        function_with_source(tmp_path, "unreachable", f"http://127.0.0.1:{closed_port()}/model.onnx")
-        function_with_source(tmp_path, "corrupt", corrupt.url)
+        function_with_source(tmp_path, "unreachable", f"http://127.0.0.1:{closed_port()}/model.onnx", DIGEST)
+        # pinned to the truncated bytes themselves: fetched and verified, then refused by ONNX Runtime
+        function_with_source(tmp_path, "corrupt", corrupt.url, hashlib.sha256(corrupt.data).hexdigest())
         function_with_source(tmp_path, "good", "model.onnx", DIGEST)
         with LiveServer(create_app(Registry.from_dir(tmp_path))) as live:
             ready = httpx.get(f"{live.url}/v2/health/ready")
@@ -236,7 +237,7 @@ def test_sha256_mismatch_refuses_on_lambda(
 
 def test_https_source_that_never_answers_times_out(silent: SilentServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELFN_FETCH_TIMEOUT_S", "0.5")
-    raised = bounded(lambda: resolve(f"{silent.endpoint}/model.onnx", Path(".")))
+    raised = bounded(lambda: resolve(f"{silent.endpoint}/model.onnx", Path("."), DIGEST))
     assert isinstance(raised, ModelUnavailable) and "timed out" in raised.message
     assert silent.accepted >= 1
 
