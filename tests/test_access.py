@@ -249,9 +249,12 @@ def test_cdk_stack_defaults_to_iam_on_the_http_api_and_the_function_url(tmp_path
     from modelfn_cdk.build import build
     from modelfn_cdk.settings import DeployRefused, Settings
 
+    from modelfn.deploy.dependencies import requirements
+
     try:
         runtime_layer("3.12", "x86_64", ROOT / "build" / "layers", None)
-        dependency_layer((), "3.12", "x86_64", ROOT / "build" / "layers")
+        tensor_codec = requirements(load_spec(ROOT / "functions" / "breast-cancer"), "aws")
+        dependency_layer(tensor_codec, "3.12", "x86_64", ROOT / "build" / "layers")
     except (RuntimeError, DeployRefused) as exc:
         pytest.skip(f"the Lambda layers could not be built here (PyPI unreachable?): {exc}")
     folder = tmp_path / "functions" / "guarded"

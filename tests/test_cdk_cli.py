@@ -25,8 +25,9 @@ CDK_DIR = ROOT / "cdk"
 CDK_CLI = ROOT / "node_modules" / ".bin" / "cdk"
 sys.path.insert(0, str(CDK_DIR))
 
-from modelfn_cdk.assets import codec_requirements, dependency_layer, runtime_layer  # noqa: E402
+from modelfn_cdk.assets import dependency_layer, runtime_layer  # noqa: E402
 
+from modelfn.deploy.dependencies import requirements  # noqa: E402
 from modelfn.deploy.plan import place  # noqa: E402
 from modelfn.spec import discover, load_spec  # noqa: E402
 
@@ -80,8 +81,8 @@ def layers() -> None:
     try:
         runtime_layer("3.12", "x86_64", ROOT / "build" / "layers", None)
         for name in deployable_examples():
-            wanted = codec_requirements(load_spec(ROOT / "functions" / name))
-            dependency_layer(wanted, "3.12", "x86_64", ROOT / "build" / "layers")
+            needs = requirements(load_spec(ROOT / "functions" / name), "aws")
+            dependency_layer(needs, "3.12", "x86_64", ROOT / "build" / "layers")
     except Exception as exc:  # pip without PyPI
         pytest.skip(f"the Lambda layers could not be built here: {exc}")
 

@@ -32,6 +32,7 @@ from modelfn_cdk.build import build  # noqa: E402
 from modelfn_cdk.settings import DeployRefused, Settings  # noqa: E402
 from modelfn_cdk.stack import HANDLER  # noqa: E402
 
+from modelfn.deploy.dependencies import requirements  # noqa: E402
 from modelfn.deploy.layer import find_interpreter  # noqa: E402
 from modelfn.deploy.plan import place  # noqa: E402
 from modelfn.spec import load_spec  # noqa: E402
@@ -144,7 +145,8 @@ def layers() -> None:
     """The layers under build/layers, built once: pip downloads the wheels the first time."""
     try:
         runtime_layer("3.12", "x86_64", ROOT / "build" / "layers", None)
-        dependency_layer((), "3.12", "x86_64", ROOT / "build" / "layers")
+        tensor_codec = requirements(load_spec(ROOT / "functions" / "breast-cancer"), "aws")
+        dependency_layer(tensor_codec, "3.12", "x86_64", ROOT / "build" / "layers")
     except (RuntimeError, DeployRefused) as exc:
         pytest.skip(f"the Lambda layers could not be built here (PyPI unreachable?): {exc}")
 
@@ -505,10 +507,10 @@ def test_container_package_becomes_an_image_function_staged_without_docker(synth
     context = synth.staging / "boxed" / "image"
     assert (context / "Dockerfile").read_text().count('CMD ["handlers.aws_lambda.handler"]') == 1
     assert (context / "requirements.txt").read_text().split() == [
-        "onnxruntime",
-        "numpy",
-        "aws-lambda-powertools",
-        "pillow",
+        "aws-lambda-powertools>=3.0",
+        "numpy>=1.26",
+        "onnxruntime>=1.18",
+        "pillow>=10",
     ]
     assert (context / "functions" / "boxed" / "model.onnx").is_file()
     assets = json.loads((synth.outdir / "Modelfn-boxed.assets.json").read_text())

@@ -10,10 +10,12 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelfn.deploy.dependencies import Requirements, requirements
+from modelfn.deploy.dependencies import name as distribution
 from modelfn.deploy.layer import (
     MARKER,
     build_layer,
@@ -27,13 +29,6 @@ from modelfn.deploy.plan import function_files
 from modelfn.spec import FunctionSpec
 from modelfn_cdk.settings import REPO, DeployRefused
 
-# What the handler imports beyond the Lambda runtime (which has boto3): SQS batches go
-# through Powertools' batch utility. Installed with their dependencies.
-HANDLER_REQUIREMENTS = ("aws-lambda-powertools",)
-# What each codec needs on top of ONNX Runtime + NumPy. Installed without dependencies:
-# Pillow has none, and tokenizers needs huggingface_hub only for `from_pretrained`
-# downloads, which a function never does (it ships its tokenizer.json).
-CODEC_REQUIREMENTS: dict[str, tuple[str, ...]] = {"image": ("pillow",), "text": ("tokenizers",)}
 # Never copied into a bundle: caches, half-written downloads, editor and VCS litter.
 SKIPPED = ("__pycache__", "*.pyc", "*.partial", "*.lock", ".*")
 PACKAGES = ("modelfn", "handlers")
@@ -77,11 +72,10 @@ def stage_code(spec: FunctionSpec, staging_dir: Path) -> Path:
 
 def stage_image(spec: FunctionSpec, staging_dir: Path) -> Path:
     """The container build context: the same files as the zip asset plus the Dockerfile and
-    a requirements.txt with ONNX Runtime, NumPy and the codec's libraries."""
+    a requirements.txt with everything the function needs on AWS (modelfn.deploy.dependencies)."""
     context = copy_sources(spec, staging_dir / spec.name / "image")
     shutil.copyfile(DOCKERFILE, context / "Dockerfile")
-    requirements = ["onnxruntime", "numpy", *HANDLER_REQUIREMENTS, *codec_requirements(spec)]
-    (context / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    (context / "requirements.txt").write_text("\n".join(requirements(spec, "aws").all()) + "\n")
     return context
 
 
@@ -104,10 +98,6 @@ def code_bytes(root: Path) -> int:
     return sum(tree_bytes(root / package) for package in PACKAGES)
 
 
-def codec_requirements(spec: FunctionSpec) -> tuple[str, ...]:
-    return CODEC_REQUIREMENTS.get(spec.io.codec, ())
-
-
 def runtime_layer(python: str, arch: str, layers_dir: Path, prebuilt: Path | None) -> LayerArtifact:
     """The ONNX Runtime + NumPy layer: `prebuilt` (a zip, or a folder `modelfn layer build`
     wrote) when given, else the one under `layers_dir`, built there on first use."""
@@ -117,22 +107,28 @@ def runtime_layer(python: str, arch: str, layers_dir: Path, prebuilt: Path | Non
     return LayerArtifact(report.zip_path, report.unzipped_bytes, f"ONNX Runtime + NumPy for Python {python} ({arch})")
 
 
-def dependency_layer(codec: Iterable[str], python: str, arch: str, layers_dir: Path) -> LayerArtifact:
-    """The handler's and the codec's libraries, pip-installed for the Lambda platform with
-    bytecode, cached under `layers_dir` by requirement set, Python and architecture."""
-    codec = sorted(codec)
-    wanted = [*HANDLER_REQUIREMENTS, *codec]
+def dependency_layer(needs: Requirements, python: str, arch: str, layers_dir: Path) -> LayerArtifact:
+    """Everything a zip function needs beyond the runtime layer (the handler's, the codec's, the
+    model client's and the hooks' libraries), pip-installed for the Lambda platform with
+    bytecode, cached under `layers_dir` by requirement set, Python and architecture.
+
+    The codec's libraries go in without their dependencies: Pillow has none, and tokenizers
+    needs huggingface_hub only for `from_pretrained` downloads, which a function never does
+    (it ships its tokenizer.json)."""
+    with_dependencies = [*needs.handler, *needs.model, *needs.hooks]
+    codec = sorted(needs.codec)
+    wanted = [*with_dependencies, *codec]
     key = hashlib.sha256(json.dumps([wanted, python, arch]).encode()).hexdigest()[:10]
     name = f"deps-{key}-py{python}-{arch}"
     directory, zip_path = layers_dir / name, layers_dir / f"{name}.zip"
-    description = f"{', '.join(wanted)} for Python {python} ({arch})"
+    description = f"{', '.join(distribution(r) for r in wanted)} for Python {python} ({arch})"
     marker = directory / MARKER
     if marker.is_file() and zip_path.is_file():
         return LayerArtifact(zip_path, json.loads(marker.read_text())["unzipped_bytes"], description)
     site = directory / "python"
     shutil.rmtree(directory, ignore_errors=True)
     _stderr(f"pip install {' '.join(wanted)} for Python {python} on {platform_tag(arch)}")
-    _pip_install(site, HANDLER_REQUIREMENTS, python, arch, description)
+    _pip_install(site, with_dependencies, python, arch, description)
     if codec:
         _pip_install(site, codec, python, arch, description, with_dependencies=False)
     for litter in [*site.rglob("__pycache__"), site / "bin"]:

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from aws_cdk import App, Validations
 
+from modelfn.deploy.dependencies import requirements
 from modelfn.deploy.plan import place
 from modelfn.spec import FunctionSpec, discover, load_spec
-from modelfn_cdk.assets import LayerArtifact, codec_requirements, dependency_layer, runtime_layer
+from modelfn_cdk.assets import LayerArtifact, dependency_layer, runtime_layer
 from modelfn_cdk.settings import DeployRefused, Settings
 from modelfn_cdk.stack import FunctionStack, refusals
 
@@ -34,7 +35,7 @@ def load_functions(settings: Settings) -> list[FunctionSpec]:
 def build(app: App, settings: Settings, specs: list[FunctionSpec] | None = None) -> Built:
     """Add one `FunctionStack` per deployable function to `app`."""
     built = Built()
-    layers: dict[tuple[str, ...], LayerArtifact] = {}
+    layers: dict[tuple[object, ...], LayerArtifact] = {}
     for spec in load_functions(settings) if specs is None else specs:
         placement = place(spec, "aws")
         if spec.runtime.accelerator == "gpu":
@@ -48,10 +49,13 @@ def build(app: App, settings: Settings, specs: list[FunctionSpec] | None = None)
         artifacts: list[LayerArtifact] = []
         if placement.target == "lambda-zip":
             python, arch = spec.deploy.python, spec.deploy.architecture
-            for key in [("runtime", python, arch), ("deps", python, arch, *codec_requirements(spec))]:
-                if key not in layers:
-                    layers[key] = _layer(key, settings)
-                artifacts.append(layers[key])
+            needs = requirements(spec, "aws")
+            runtime, deps = ("runtime", python, arch), ("deps", python, arch, needs)
+            if runtime not in layers:
+                layers[runtime] = runtime_layer(python, arch, settings.layers_dir, settings.layer)
+            if deps not in layers:
+                layers[deps] = dependency_layer(needs, python, arch, settings.layers_dir)
+            artifacts += [layers[runtime], layers[deps]]
         built.stacks[spec.name] = FunctionStack(
             app,
             f"{settings.stack_prefix}-{spec.name}",
@@ -65,10 +69,3 @@ def build(app: App, settings: Settings, specs: list[FunctionSpec] | None = None)
 
         Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return built
-
-
-def _layer(key: tuple[str, ...], settings: Settings) -> LayerArtifact:
-    kind, python, arch, *requirements = key
-    if kind == "runtime":
-        return runtime_layer(python, arch, settings.layers_dir, settings.layer)
-    return dependency_layer(requirements, python, arch, settings.layers_dir)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tomllib
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from modelfn.deploy import dependencies
+from modelfn.deploy.dependencies import dependency_groups
 from modelfn.deploy.plan import (
     CLOUD_FUNCTIONS_SOURCE_LIMIT,
     GPU_MIN_CPU,
@@ -85,26 +85,9 @@ def events_on_cloud_functions(spec: FunctionSpec, placement: Placement) -> bool:
     )
 
 
-def dependency_groups() -> dict[str, list[str]]:
-    """The project's requirements by extra ("" for the core), from pyproject.toml in a checkout,
-    else from the installed package's metadata."""
-    pyproject = ROOT / "pyproject.toml"
-    if pyproject.is_file():
-        project = tomllib.loads(pyproject.read_text())["project"]
-        return {"": project["dependencies"], **project.get("optional-dependencies", {})}
-    groups: dict[str, list[str]] = {}
-    for line in metadata.requires("modelfn") or []:
-        requirement, _, marker = line.partition(";")
-        extra = marker.split("extra ==")[-1].strip(" '\"") if "extra" in marker else ""
-        groups.setdefault(extra, []).append(requirement.strip())
-    return groups
-
-
 def requirements(spec: FunctionSpec) -> list[str]:
-    """What a Cloud Functions source folder needs: the core, `gcp`, and the codec's extra."""
-    groups = dependency_groups()
-    wanted = ["", "gcp", *([spec.io.codec] if spec.io.codec in ("image", "text") else [])]
-    return [r for extra in wanted for r in groups.get(extra, []) if not r.startswith("modelfn")]
+    """What a Cloud Functions source folder needs (modelfn.deploy.dependencies)."""
+    return dependencies.requirements(spec, "gcp").all()
 
 
 def image(spec: FunctionSpec, project: str, region: str) -> str:
