@@ -25,7 +25,8 @@ s.run(None, {"X": x})
 
 ADAPTER = """
 import json, sys
-from handlers.azure_functions import build_app, http_event, invoke, registered
+from handlers.azure_functions import build_app
+from handlers.local.azure import http_event, invoke, registered
 app = build_app("breast-cancer", http_mode=sys.argv[1])
 response, _ = invoke(registered(app, "http"), http_event(json.load(open("events/azure/http.json"))))
 assert response.status_code == 200, response.get_body()

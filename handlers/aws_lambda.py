@@ -4,17 +4,17 @@ Each event kind is a small class that recognises its event, translates it in and
 outcome out (see `handlers/aws/`); the first kind in `KINDS` that recognises an event
 serves it. The function served is `MODELFN_FUNCTION`; it is loaded and warmed when this
 module is imported, during Lambda's init, so no request pays for it. `asgi_handler`
-serves the whole FastAPI app through Mangum instead, at a higher cold-start cost."""
+serves the core's ASGI server through Mangum instead, at a higher cold-start cost.
+Running the handler here, without Lambda, is `handlers.local.aws`."""
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from handlers.aws import clients
-from handlers.aws.app import LambdaApp, current, on_lambda, prepare_environment, reset
+from handlers.aws.app import LambdaApp, current, on_lambda
 from handlers.aws.http import HTTP_KINDS
 from handlers.aws.kind import EventKind
 from handlers.aws.messages import DirectInvoke, EventBridgeDetail, SnsNotification
@@ -22,7 +22,6 @@ from handlers.aws.s3 import S3EventBridge, S3Notification, S3TestEvent
 from handlers.aws.sqs import SqsBatch
 from handlers.aws.telemetry import route_core_logs, telemetry
 from modelfn.errors import ModelfnError
-from modelfn.http import MB
 
 KINDS: list[type[EventKind]] = [
     *HTTP_KINDS,
@@ -90,81 +89,20 @@ _asgi: tuple[LambdaApp, Any] | None = None
 
 
 def asgi_handler(event: Any, context: Any) -> Any:
-    """Every route of the FastAPI app (OpenAPI docs included) through Mangum. FastAPI's
-    imports cost about four times the plain handler's cold start: use it only for those routes."""
+    """The core's ASGI server through Mangum: the same routes as `handler`, with the async
+    driver (micro-batching within one invocation's requests). Mangum's imports cost more
+    cold start than the plain handler: prefer `handler`."""
     global _asgi
     app = current()
     if _asgi is None or _asgi[0] is not app:
         from mangum import Mangum
 
-        from handlers.cloud_run import create_app
+        from modelfn.asgi import App
 
         if app.load_ms is None:
             app.load()
-        web = create_app(app.registry, max_body_mb=app.service.max_body_bytes / MB, preload=False)
-        _asgi = (app, Mangum(web, lifespan="off"))
+        _asgi = (app, Mangum(App(app.service, preload=False), lifespan="off"))
     return _asgi[1](event, context)
-
-
-class LocalContext:
-    """The context object for a local invoke; on Lambda the runtime passes the real one.
-    (A plain class: a dataclass would be generated at import, on the cold-start path.)"""
-
-    function_version = "$LATEST"
-    log_group_name = "local"
-    log_stream_name = "local"
-
-    def __init__(self, function_name: str, memory_limit_in_mb: int = 1024, timeout_s: int = 30) -> None:
-        self.function_name = function_name
-        self.memory_limit_in_mb = memory_limit_in_mb
-        self.timeout_s = timeout_s
-        self.aws_request_id = _request_id()
-        self.started = time.monotonic()
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self.timeout_s - (time.monotonic() - self.started)) * 1000))
-
-
-def _request_id() -> str:
-    import uuid
-
-    return str(uuid.uuid4())
-
-
-def _aws_configured() -> bool:
-    names = (
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_PROFILE",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    )
-    return any(os.environ.get(n) for n in names) or any(
-        (Path.home() / ".aws" / f).is_file() for f in ("credentials", "config")
-    )
-
-
-def sample_bucket_folder() -> Path:
-    """The folder holding the sample events' bucket (`events/aws/s3/<bucket>/<key>`)."""
-    here = Path.cwd() / "events" / "aws" / "s3"
-    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "events" / "aws" / "s3"
-
-
-def local_invoke(function_name: str, event: Any) -> Any:
-    """Run `handler` on one event in this process, as Lambda would, with a stand-in context.
-    S3 goes to real S3 (or AWS_ENDPOINT_URL); with no AWS configuration at all, or with
-    MODELFN_LOCAL_S3=DIR, buckets are folders under DIR (default: the sample events' folder)."""
-    os.environ["MODELFN_FUNCTION"] = function_name
-    if "MODELFN_LOCAL_S3" not in os.environ and not _aws_configured():
-        os.environ["MODELFN_LOCAL_S3"] = str(sample_bucket_folder())
-    reset()
-    app = current()
-    deploy = app.spec().deploy
-    return handler(event, LocalContext(function_name, deploy.memory_mb, deploy.timeout_s))
 
 
 def _before_snapshot() -> None:
@@ -194,7 +132,6 @@ def _after_restore() -> None:
 
 
 def _init() -> None:
-    prepare_environment()
     if on_lambda():
         route_core_logs(telemetry)
     if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":

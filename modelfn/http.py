@@ -1,24 +1,16 @@
-"""The HTTP surface every provider shares, without a web framework: the simple route
-`POST /functions/{name}` and the Open Inference Protocol routes. Serverless adapters turn
-their events into an `HttpRequest` and render the `HttpResponse`; the local server (FastAPI)
-calls the same operations so the JSON and the status codes are the same everywhere."""
+"""A request and a response as every provider's adapter builds and renders them, without a
+web framework, and the checks made on them before any model work: the API key and the body
+limit. What happens in between is `modelfn.service.Service`."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelfn import __version__
-from modelfn.codecs import parse_json
-from modelfn.errors import MethodNotAllowed, ModelfnError, NotFound, PayloadTooLarge, Unauthorized, error_body
-from modelfn.registry import Registry
+from modelfn.errors import PayloadTooLarge, Unauthorized, error_body
 
-log = logging.getLogger("modelfn")
 MB = 1024 * 1024
 
 
@@ -39,14 +31,36 @@ class HttpRequest:
         return self.headers.get("content-type")
 
 
-@dataclass
+JSON_TYPE = "application/json"
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def json_text(value: Any) -> str:
+    """The one JSON encoding of results and answers: compact, and NaN refused rather than
+    written as the invalid `NaN` token."""
+    return _encode(value)
+
+
 class HttpResponse:
-    status: int
-    body: Any
-    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
+    """A status, a body (a JSON value, or bytes sent as they are) and headers. (A plain
+    class: a dataclass would be generated at import, on the Lambda cold-start path.)"""
+
+    __slots__ = ("_encoded", "body", "headers", "status")
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers if headers is not None else {"content-type": JSON_TYPE}
+        self._encoded: bytes | None = None
 
     def encoded(self) -> bytes:
-        return json.dumps(self.body, separators=(",", ":"), allow_nan=False).encode()
+        if self._encoded is None:
+            self._encoded = self.body if isinstance(self.body, bytes) else json_text(self.body).encode()
+        return self._encoded
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", JSON_TYPE)
 
 
 def api_key() -> str | None:
@@ -75,88 +89,6 @@ def too_large(size: int | None, limit_bytes: int) -> PayloadTooLarge:
     if size is None:
         return PayloadTooLarge(f"request body exceeds the limit here of {limit}")
     return PayloadTooLarge(f"request body is {size} bytes; the limit here is {limit}")
-
-
-PUBLIC = ("/v2/health/live", "/v2/health/ready")
-
-
-class Service:
-    """The operations behind every HTTP route, for one registry of functions."""
-
-    def __init__(self, registry: Registry, max_body_bytes: int = 32 * MB, key: str | None = None) -> None:
-        self.registry = registry
-        self.max_body_bytes = max_body_bytes
-        self.key = key
-        # predictions first: they are nearly all the traffic
-        self.routes: list[tuple[str, re.Pattern[str], Callable[..., HttpResponse]]] = [
-            ("POST", re.compile(r"/functions/(?P<name>[^/]+)"), self.predict),
-            ("POST", re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?/infer"), self.infer),
-            ("GET", re.compile(r"/v2/health/live"), self.live),
-            ("GET", re.compile(r"/v2/health/ready"), self.ready),
-            ("GET", re.compile(r"/v2"), self.server_metadata),
-            ("GET", re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?"), self.model_metadata),
-            ("GET", re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?/ready"), self.model_ready),
-            ("GET", re.compile(r"/(?:functions)?"), self.list_functions),
-        ]
-
-    def handle(self, request: HttpRequest) -> HttpResponse:
-        """Route one request; every error becomes its status and a JSON message, never a traceback."""
-        try:
-            if request.path not in PUBLIC:
-                check_api_key(request.headers, self.key)
-            for method, pattern, operation in self.routes:
-                match = pattern.fullmatch(request.path)
-                if match is None:
-                    continue
-                if method != request.method:
-                    if any(p.fullmatch(request.path) and m == request.method for m, p, _ in self.routes):
-                        continue
-                    raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {method}")
-                return operation(request, **match.groupdict())
-            raise NotFound(f"no route {request.path}; try POST /functions/{{name}} or /v2/models/{{name}}/infer")
-        except ModelfnError as exc:
-            return failure(exc)
-        except Exception as exc:
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            return failure(exc)
-
-    def live(self, request: HttpRequest) -> HttpResponse:
-        return HttpResponse(200, {"live": True})
-
-    def ready(self, request: HttpRequest) -> HttpResponse:
-        ready = self.registry.ready()
-        body: dict[str, Any] = {"ready": ready}
-        if self.registry.failed:
-            body["failed"] = {name: exc.message for name, exc in self.registry.failed.items()}
-        return HttpResponse(200 if ready else 503, body)
-
-    def server_metadata(self, request: HttpRequest) -> HttpResponse:
-        return HttpResponse(200, {"name": "modelfn", "version": __version__, "extensions": []})
-
-    def model_metadata(self, request: HttpRequest, name: str) -> HttpResponse:
-        return HttpResponse(200, self.registry.load(name).metadata())
-
-    def model_ready(self, request: HttpRequest, name: str) -> HttpResponse:
-        if name not in self.registry.specs:
-            raise NotFound(f"unknown function {name!r}; this server has {sorted(self.registry.specs)}")
-        try:
-            self.registry.load(name)
-        except ModelfnError:
-            return HttpResponse(503, {"name": name, "ready": False})
-        return HttpResponse(200, {"name": name, "ready": True})
-
-    def list_functions(self, request: HttpRequest) -> HttpResponse:
-        return HttpResponse(200, {"functions": sorted(self.registry.specs)})
-
-    def infer(self, request: HttpRequest, name: str) -> HttpResponse:
-        fn = self.registry.load(name)
-        check_size(request.body, self.max_body_bytes)
-        return HttpResponse(200, fn.infer_v2(parse_json(request.body)))
-
-    def predict(self, request: HttpRequest, name: str) -> HttpResponse:
-        fn = self.registry.load(name)
-        check_size(request.body, self.max_body_bytes)
-        return HttpResponse(200, fn.predict(request.body, request.content_type))
 
 
 def failure(exc: BaseException) -> HttpResponse:

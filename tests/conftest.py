@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +42,12 @@ def cancer_rows() -> np.ndarray:
     from sklearn.datasets import load_breast_cancer
 
     return load_breast_cancer().data.astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _no_stand_in_store() -> Iterator[None]:
+    """A local invoke installs a folder standing in for S3; the next test starts with S3 again."""
+    yield
+    objects = sys.modules.get("handlers.aws.objects")
+    if objects is not None:
+        objects.use(None)

@@ -20,8 +20,9 @@ import httpx
 import pytest
 from live_server import LiveServer
 
-from handlers.cloud_run import create_app
+from handlers.local.aws import LocalContext
 from modelfn import http as modelfn_http
+from modelfn.asgi import create_app
 from modelfn.registry import Registry
 from modelfn.spec import load_spec
 
@@ -89,7 +90,7 @@ def test_health_probes_stay_open_for_the_platform(keyed_server: LiveServer, meth
     assert answer.status_code == 200 and answer.json() in ({"live": True}, {"ready": True})
 
 
-@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"])
+@pytest.mark.parametrize("path", ["/openapi.json", "/openapi.json/", "/docs", "/docs/", "/docs/oauth2-redirect"])
 def test_openapi_document_and_docs_need_the_key_when_one_is_set(keyed_server: LiveServer, path: str) -> None:
     """A documented choice: the document names the functions served, which GET /functions
     keeps behind the key, so it is behind the key too; without a key configured it is open."""
@@ -102,7 +103,7 @@ def test_openapi_document_and_docs_need_the_key_when_one_is_set(keyed_server: Li
 def test_openapi_document_is_open_when_no_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MODELFN_API_KEY", raising=False)
     with LiveServer(create_app(Registry.from_dir(FUNCTIONS, ["breast-cancer"]))) as live:
-        assert live.app.state.server.service.key is None
+        assert live.app.service.key is None
         assert "breast-cancer" in httpx.get(f"{live.url}/openapi.json").text
         assert httpx.get(f"{live.url}/docs").status_code == 200
 
@@ -137,7 +138,7 @@ def _lambda_event(method: str, path: str, body: Any, headers: dict[str, str]) ->
 def lambda_call(method: str, path: str, body: Any, headers: dict[str, str]) -> int:
     from handlers import aws_lambda
 
-    response = aws_lambda.handler(_lambda_event(method, path, body, headers), aws_lambda.LocalContext("t"))
+    response = aws_lambda.handler(_lambda_event(method, path, body, headers), LocalContext("t"))
     return int(response["statusCode"])
 
 
@@ -159,6 +160,7 @@ _azure: dict[str, Any] = {}
 def azure_call(method: str, path: str, body: Any, headers: dict[str, str]) -> int:
     import azure.functions as func
 
+    from handlers.az.http import serve
     from handlers.azure_functions import ServedFunction
 
     if "served" not in _azure:  # one per worker process, as the host keeps it; loaded as at start
@@ -171,7 +173,7 @@ def azure_call(method: str, path: str, body: Any, headers: dict[str, str]) -> in
         route_params={"path": path.lstrip("/")},
         body=b"" if body is None else json.dumps(body).encode(),
     )
-    return int(_azure["served"].http(request).status_code)
+    return int(serve(_azure["served"], request).status_code)
 
 
 PROVIDERS = {"aws": lambda_call, "gcp": gcp_call, "azure": azure_call}
@@ -180,12 +182,12 @@ PROVIDERS = {"aws": lambda_call, "gcp": gcp_call, "azure": azure_call}
 @pytest.fixture
 def keyed_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """MODELFN_API_KEY set before each adapter builds its service (their caches emptied)."""
-    from handlers import gcp_functions
     from handlers.aws import app
+    from handlers.gcp import instance
 
     monkeypatch.setenv("MODELFN_API_KEY", KEY)
     monkeypatch.setenv("MODELFN_FUNCTION", "breast-cancer")
-    monkeypatch.setattr(gcp_functions, "_instances", {})
+    monkeypatch.setattr(instance, "_services", {})
     _azure.clear()
     app.reset()
     yield

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from handlers.local import aws as local_aws
+from handlers.local.aws import LocalContext, use_folders
 from modelfn.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,13 +35,13 @@ def aws_lambda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     monkeypatch.setenv("MODELFN_FUNCTION", "breast-cancer")
     # a local invoke may have left results next to the sample: they are not part of it
     shutil.copytree(EVENTS / "s3", tmp_path / "s3", ignore=shutil.ignore_patterns("predictions"))
-    monkeypatch.setenv("MODELFN_LOCAL_S3", str(tmp_path / "s3"))
+    use_folders(tmp_path / "s3")
     app.reset()
     return module
 
 
 def context(aws_lambda: Any) -> Any:
-    return aws_lambda.LocalContext("modelfn-test")
+    return LocalContext("modelfn-test")
 
 
 def body_of(response: dict[str, Any]) -> Any:
@@ -219,7 +221,7 @@ def _body(kind: str, cancer_rows: Any) -> bytes:
 def test_http_routes_answer_exactly_as_the_local_server(aws_lambda: Any, cancer_rows: Any) -> None:
     from fastapi.testclient import TestClient
 
-    from handlers.cloud_run import create_app
+    from modelfn.asgi import create_app
 
     with TestClient(create_app(Registry.from_dir(names=["breast-cancer"]))) as local:
         for method, path, kind in REQUESTS:
@@ -344,7 +346,7 @@ def test_local_invoke_serves_the_named_function(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("MODELFN_FUNCTION", "")  # recorded, so what local_invoke sets is undone after the test
     monkeypatch.delenv("MODELFN_FUNCTION")
     app.reset()
-    response = aws_lambda.local_invoke("breast-cancer", event("apigw-v2"))
+    response = local_aws.local_invoke("breast-cancer", event("apigw-v2"))
     assert body_of(response) == cancer.predict(event("apigw-v2")["body"].encode())
     assert aws_lambda.current().served == "breast-cancer"
 

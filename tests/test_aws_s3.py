@@ -14,6 +14,9 @@ from urllib.parse import quote_plus
 import pytest
 from support.aws import boto, unique, use_endpoint
 
+from handlers.local import aws as local_aws
+from handlers.local.aws import LocalContext
+
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events" / "aws"
 
@@ -84,7 +87,7 @@ def test_s3_object_with_spaces_and_unicode_in_its_key(aws: Any, endpoint: str, c
     bucket.put(key, row(cancer_rows, 7))
     [notification] = bucket.object_events()
     assert notification["Records"][0]["s3"]["object"]["key"] == quote_plus(key)  # as S3 sends it: URL-encoded
-    result = aws.handler(notification, aws.LocalContext("modelfn-test"))
+    result = aws.handler(notification, LocalContext("modelfn-test"))
     output = "predictions/patient ü 7 €+1.json.json"
     assert result == {
         "processed": [{"source": f"s3://{bucket.name}/{key}", "output": f"s3://{bucket.name}/{output}"}],
@@ -261,15 +264,13 @@ def test_local_invoke_without_aws_uses_the_sample_bucket_folder(
 ) -> None:
     import shutil
 
-    from handlers import aws_lambda
-
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "MODELFN_LOCAL_S3", "MODELFN_FUNCTION"):
         monkeypatch.setenv(name, "")  # recorded, so what local_invoke sets is undone after the test
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws here
     shutil.copytree(EVENTS / "s3", tmp_path / "events" / "aws" / "s3")
     monkeypatch.chdir(tmp_path)
-    result = aws_lambda.local_invoke("breast-cancer", json.loads((EVENTS / "s3-put.json").read_text()))
+    result = local_aws.local_invoke("breast-cancer", json.loads((EVENTS / "s3-put.json").read_text()))
     assert result["processed"][0]["output"] == "s3://modelfn-examples/predictions/sample row.json.json"
     written = tmp_path / "events" / "aws" / "s3" / "modelfn-examples" / "predictions" / "sample row.json.json"
     source = tmp_path / "events" / "aws" / "s3" / "modelfn-examples" / "incoming" / "sample row.json"

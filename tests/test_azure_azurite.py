@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 from azure.functions.queue import QueueMessage
 
-from handlers.azure_functions import blob_bindings, build_app, invoke, output_blob_path, trigger_type
+from handlers.azure_functions import blob_bindings, build_app, output_blob_path, trigger_type
+from handlers.local.azure import invoke
 from modelfn.deploy.azure import host_json
 from modelfn.errors import NotFound
 from modelfn.spec import BlobTrigger, load_spec

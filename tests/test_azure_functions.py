@@ -25,18 +25,9 @@ import pytest
 from azure.functions.queue import QueueMessage
 from live_server import LiveServer
 
-from handlers.azure_functions import (
-    OutputBinding,
-    blob_bindings,
-    blob_content_type,
-    build_app,
-    close_app,
-    invoke,
-    local_invoke,
-    output_blob_path,
-    trigger_type,
-)
-from handlers.cloud_run import create_app
+from handlers.azure_functions import blob_bindings, build_app, output_blob_path, trigger_type
+from handlers.local.azure import OutputBinding, close_app, invoke, local_invoke
+from modelfn.asgi import create_app
 from modelfn.errors import BadRequest, InvalidInput, NotFound, SpecError
 from modelfn.registry import Registry
 from modelfn.spec import BlobTrigger, load_spec, parse_spec
@@ -322,22 +313,6 @@ def test_blob_binding_expressions_give_the_output_path() -> None:
     assert output_blob_path(BlobTrigger(), "incoming/x/y.png") == "predictions/x/y.png.json"
     with pytest.raises(NotFound, match="does not match the trigger path"):
         blob_bindings(trigger.path, "elsewhere/a.json")
-
-
-@pytest.mark.parametrize(
-    ("name", "data", "expected"),
-    [
-        ("incoming/a.json", b"{}", "application/json"),
-        ("incoming/a.png", b"", "image/png"),
-        ("incoming/a.jpg", b"", "image/jpeg"),
-        ("incoming/a.txt", b"", "text/plain"),
-        ("incoming/a", b"\x89PNG\r\n\x1a\n....", "image/png"),
-        ("incoming/a", b"  [1, 2]", "application/json"),
-        ("incoming/a", b"\x00\x01", "application/octet-stream"),
-    ],
-)
-def test_blob_content_type_by_extension_then_content(name: str, data: bytes, expected: str) -> None:
-    assert blob_content_type(name, data) == expected
 
 
 @pytest.mark.parametrize(

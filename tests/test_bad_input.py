@@ -25,6 +25,7 @@ from live_server import LiveServer
 from onnx import TensorProto
 from onnx_models import function_folder, identity
 
+from handlers.local.aws import LocalContext
 from modelfn.http import MB
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -275,7 +276,7 @@ def deployed(monkeypatch: pytest.MonkeyPatch, functions_root: Path) -> Iterator[
 
 @pytest.fixture(scope="module")
 def local_server(functions_root: Path) -> Iterator[httpx.Client]:
-    from handlers.cloud_run import create_app
+    from modelfn.asgi import create_app
     from modelfn.registry import Registry
 
     app = create_app(Registry.from_dir(functions_root), max_body_mb=LOCAL_MAX_BODY_MB)
@@ -330,7 +331,7 @@ def lambda_answer(event: dict[str, Any]) -> Answer:
     from handlers.aws import app
 
     app.reset()  # the environment names the function deployed: build the app afresh, as a new Lambda would
-    response = aws_lambda.handler(event, aws_lambda.LocalContext("modelfn-bad-input"))
+    response = aws_lambda.handler(event, LocalContext("modelfn-bad-input"))
     assert response["headers"] == {"content-type": "application/json"}
     return Answer(response["statusCode"], response["body"])
 
@@ -384,7 +385,8 @@ def gcp(gcp_client: Any, deployed: Callable[[str], None]) -> Send:
 @pytest.fixture(scope="module")
 def azure_apps(functions_root: Path) -> Iterator[dict[str, Any]]:
     """One app per function, as each is deployed; built on first use (`get_functions()` once per app)."""
-    from handlers.azure_functions import build_app, close_app, registered
+    from handlers.azure_functions import build_app
+    from handlers.local.azure import close_app, registered
 
     apps: dict[str, Any] = {}
     functions: dict[str, Any] = {}
@@ -404,7 +406,7 @@ def azure_apps(functions_root: Path) -> Iterator[dict[str, Any]]:
 def azure(azure_apps: dict[str, Any], deployed: Callable[[str], None]) -> Send:
     import azure.functions as func
 
-    from handlers.azure_functions import invoke
+    from handlers.local.azure import invoke
 
     def send(row: Row) -> Answer:
         function = azure_apps["function"](row.function)
@@ -483,10 +485,10 @@ def test_body_limits_are_capped_at_each_platforms_limit(
     deployed: Callable[[str], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A function asking for 500 MB bodies gets them locally, but no more than its platform carries."""
-    from handlers import gcp_functions
     from handlers.aws import app
     from handlers.azure_functions import ServedFunction
-    from handlers.cloud_run import create_app
+    from handlers.gcp import instance
+    from modelfn.asgi import create_app
     from modelfn.registry import Registry
     from modelfn.spec import load_spec
 
@@ -495,14 +497,12 @@ def test_body_limits_are_capped_at_each_platforms_limit(
     monkeypatch.setenv("MODELFN_FUNCTIONS_DIR", str(tmp_path))
     deployed("large")
     app.reset()
-    assert app.current().service.max_body_bytes == 6 * MB
-    assert gcp_functions.instance().service.max_body_bytes == 32 * MB
-    assert ServedFunction(load_spec(folder)).service.max_body_bytes == 100 * MB
+    assert app.current().service.limit("large") == 6 * MB
+    assert instance.service().limit("large") == 32 * MB
+    assert ServedFunction(load_spec(folder)).service.limit("large") == 100 * MB
 
     def local_limit(**options: Any) -> int:
-        return int(
-            create_app(Registry.from_dir(tmp_path), preload=False, **options).state.server.service.max_body_bytes
-        )
+        return create_app(Registry.from_dir(tmp_path), preload=False, **options).service.limit("large")
 
     assert local_limit() == 500 * MB
     assert local_limit(max_body_mb=2) == 2 * MB

@@ -25,7 +25,7 @@ import pytest
 from live_server import LiveServer
 from onnx_models import function_folder, row_sum
 
-from handlers.cloud_run import create_app
+from modelfn.asgi import create_app
 from modelfn.batching import MicroBatcher, _Pending
 from modelfn.errors import InvalidInput
 from modelfn.function import ModelFunction, Outputs
@@ -246,7 +246,7 @@ async def _http_round(url: str, rng: random.Random, first: int) -> tuple[int, in
 def _server_state(live: LiveServer) -> tuple[int, bool, list[_Pending], set[str]]:
     """The batcher's queue length, whether its worker is alive, the callers not answered,
     and the names of the tasks running on the server's loop, read on that loop."""
-    batcher = live.app.state.server.batchers["rows"]
+    batcher = live.app.service.batchers["rows"]
     loop = batcher.worker.get_loop()
 
     async def read() -> tuple[int, bool, set[str]]:

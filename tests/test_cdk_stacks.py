@@ -340,8 +340,11 @@ def test_http_api_routes_reach_the_live_alias_with_iam_auth(synth: Synthesis) ->
     assert {r["RouteKey"] for r in routes.values()} == {
         "POST /functions/warm",
         "POST /v2/models/warm/infer",
+        "POST /v2/models/warm/versions/{version}/infer",
         "GET /v2/models/warm",
+        "GET /v2/models/warm/versions/{version}",
         "GET /v2/models/warm/ready",
+        "GET /v2/models/warm/versions/{version}/ready",
         "GET /v2/health/live",
         "GET /v2/health/ready",
     }

@@ -20,7 +20,8 @@ import pytest
 from live_server import LiveServer
 from support.aws import boto, capture_telemetry, unique
 
-from handlers.cloud_run import create_app
+from handlers.local.aws import LocalContext
+from modelfn.asgi import create_app
 from modelfn.errors import IntegrityError, ModelUnavailable
 from modelfn.registry import Registry
 from modelfn.sources import cache_dir, resolve
@@ -218,16 +219,16 @@ def test_sha256_mismatch_refuses_on_lambda(
     logs = capture_telemetry(monkeypatch)
     aws_lambda = lambda_app("model.onnx", "f" * 64)
     body = json.dumps({"X": cancer_rows[0].tolist()})
-    response = aws_lambda.handler(http_event("POST", "/functions/scored", body), aws_lambda.LocalContext("t"))
+    response = aws_lambda.handler(http_event("POST", "/functions/scored", body), LocalContext("t"))
     assert response["statusCode"] == 503
     assert "does not match its sha256 pin" in json.loads(response["body"])["error"]
-    ready = aws_lambda.handler(http_event("GET", "/v2/health/ready"), aws_lambda.LocalContext("t"))
+    ready = aws_lambda.handler(http_event("GET", "/v2/health/ready"), LocalContext("t"))
     assert ready["statusCode"] == 503 and "sha256" in json.loads(ready["body"])["failed"]["scored"]
     with pytest.raises(ModelUnavailable, match="sha256"):
-        aws_lambda.handler({"X": cancer_rows[0].tolist()}, aws_lambda.LocalContext("t"))
+        aws_lambda.handler({"X": cancer_rows[0].tolist()}, LocalContext("t"))
     # an SQS batch is not lost: the invocation fails as a whole, so SQS makes every message visible again
     with pytest.raises(ModelUnavailable, match="sha256"):
-        aws_lambda.handler(json.loads((EVENTS / "sqs.json").read_text()), aws_lambda.LocalContext("t"))
+        aws_lambda.handler(json.loads((EVENTS / "sqs.json").read_text()), LocalContext("t"))
     load_failures = [line for line in logs() if line.get("message") == "model failed to load"]
     assert load_failures and "sha256" in load_failures[0]["error"]
 
@@ -364,7 +365,7 @@ def test_sqs_batch_with_several_poisoned_messages_fails_exactly_those_and_delive
     messages = requests.receive(len(good) + len(poisoned))
     assert len(messages) == 14
 
-    response = aws.handler(as_lambda_records(messages, requests.arn), aws.LocalContext("t"))
+    response = aws.handler(as_lambda_records(messages, requests.arn), LocalContext("t"))
     assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == sorted(poisoned)
     requests.settle(messages, response)
 
@@ -422,7 +423,7 @@ def test_s3_object_deleted_before_it_is_read_is_reported_and_the_others_are_writ
     bucket.s3.delete_object(Bucket=bucket.name, Key="incoming/gone.json")
 
     with pytest.raises(ObjectsFailed) as raised:
-        aws.handler({"Records": records}, aws.LocalContext("t"))
+        aws.handler({"Records": records}, LocalContext("t"))
     assert str(raised.value).startswith("1 of 3 object(s) failed: ")
     assert f"s3://{bucket.name}/incoming/gone.json" in str(raised.value) and "does not exist" in str(raised.value)
     assert bucket.keys("predictions/") == ["predictions/first.json.json", "predictions/last.json.json"]
@@ -443,7 +444,7 @@ def test_s3_results_that_cannot_be_written_fail_the_event_naming_every_key(
     bucket.put("incoming/a.json", row(cancer_rows, 0))
     bucket.put("incoming/b.json", row(cancer_rows, 1))
     with pytest.raises(ObjectsFailed) as raised:
-        aws.handler({"Records": bucket.records(2)}, aws.LocalContext("t"))
+        aws.handler({"Records": bucket.records(2)}, LocalContext("t"))
     message = str(raised.value)
     assert message.startswith("2 of 2 object(s) failed: ") and message.count("The specified bucket does not exist") == 2
     assert f"s3://{bucket.name}/incoming/a.json" in message and f"s3://{bucket.name}/incoming/b.json" in message
@@ -459,7 +460,7 @@ def test_sqs_results_that_cannot_be_written_to_s3_leave_the_messages_on_the_queu
     requests = RequestQueue(endpoint)
     sent = sorted(requests.send(row(cancer_rows, i)) for i in range(3))
     messages = requests.receive(3)
-    response = aws.handler(as_lambda_records(messages, requests.arn), aws.LocalContext("t"))
+    response = aws.handler(as_lambda_records(messages, requests.arn), LocalContext("t"))
     assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == sent
     requests.settle(messages, response)
     failures = [line for line in logs() if line.get("message") == "message failed"]

@@ -139,7 +139,7 @@ def event_function(
 @pytest.fixture(scope="module")
 def local_server(functions_dir: Path) -> Iterator[LiveServer]:
     """The local server (`modelfn serve`, FastAPI) on the same functions: the reference."""
-    from handlers.cloud_run import create_app
+    from modelfn.asgi import create_app
     from modelfn.registry import Registry
 
     with LiveServer(create_app(Registry.from_dir(functions_dir))) as server:
@@ -356,7 +356,7 @@ def test_storage_objects_outside_the_prefix_or_gone_are_dropped(
 def test_local_invoke_runs_every_sample_event(monkeypatch: pytest.MonkeyPatch, gcs_emulator: str) -> None:
     from google.cloud import storage
 
-    from handlers.gcp_functions import local_invoke
+    from handlers.local.gcp import local_invoke
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
     sample = event_file("storage-object-finalized.json")
@@ -390,7 +390,7 @@ def test_local_invoke_runs_every_sample_event(monkeypatch: pytest.MonkeyPatch, g
 def test_local_invoke_push_with_an_unloadable_model_asks_for_redelivery(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from handlers.gcp_functions import local_invoke
+    from handlers.local.gcp import local_invoke
 
     monkeypatch.setenv("MODELFN_FUNCTIONS_DIR", str(make_functions(tmp_path / "functions", broken=True)))
     reply = local_invoke("broken", event_file("pubsub-push.json"))

@@ -163,7 +163,7 @@ def test_lambda_logs_neither_payloads_nor_the_key(tmp_path: Path) -> None:
             MODELFN_LOCAL_S3=str(bucket_root),
             MODELFN_API_KEY=KEY,
         )
-        process = start_runtime("handlers.aws_lambda.handler", env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = start_runtime("handlers.local.aws.handler", env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             outcomes = [api.invoke(event) for event in events]
         finally:
@@ -182,11 +182,11 @@ def test_lambda_logs_neither_payloads_nor_the_key(tmp_path: Path) -> None:
 
 @pytest.fixture
 def keyed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from handlers import gcp_functions
+    from handlers.gcp import instance
 
     monkeypatch.setenv("MODELFN_API_KEY", KEY)
     monkeypatch.delenv("MODELFN_FUNCTION", raising=False)
-    monkeypatch.setattr(gcp_functions, "_instances", {})
+    monkeypatch.setattr(instance, "_services", {})
     yield
 
 
@@ -202,6 +202,7 @@ def test_cloud_functions_log_neither_payloads_nor_the_key(
     import flask
 
     from handlers import gcp_functions
+    from handlers.gcp.pubsub import handle_message
 
     statuses = []
     with caplog.at_level(logging.DEBUG):
@@ -219,7 +220,7 @@ def test_cloud_functions_log_neither_payloads_nor_the_key(
                 "messageId": "1",
                 "attributes": {"function": function.partition("/")[0], "content-type": content_type},
             }
-            outcomes.append(gcp_functions.handle_pubsub(message)["outcome"])
+            outcomes.append(handle_message(message)["outcome"])
     assert {200, 401, 422} <= set(statuses), statuses
     assert {"logged", "dropped"} <= set(outcomes), outcomes
     output = _all_output(caplog, capsys)
@@ -233,6 +234,9 @@ def test_azure_functions_log_neither_payloads_nor_the_key(
     import azure.functions as func
     from azure.functions.queue import QueueMessage
 
+    from handlers.az.blob import predict_blob
+    from handlers.az.http import serve
+    from handlers.az.queue import predict_message
     from handlers.azure_functions import ServedFunction
     from modelfn.errors import ModelfnError
     from modelfn.spec import load_spec
@@ -251,11 +255,13 @@ def test_azure_functions_log_neither_payloads_nor_the_key(
                 route_params={"path": path.lstrip("/")},
                 body=body,
             )
-            statuses.append(served[function.partition("/")[0]].http(request).status_code)
+            statuses.append(serve(served[function.partition("/")[0]], request).status_code)
             blob = func.blob.InputStream(data=body, name=f"uploads/{index}.json", uri="http://127.0.0.1/x")
-            served[function.partition("/")[0]].blob(blob)
+            predict_blob(served[function.partition("/")[0]], blob)
             try:
-                served[function.partition("/")[0]].message(QueueMessage(id=str(index), body=body), "scoring-in")
+                predict_message(
+                    served[function.partition("/")[0]], QueueMessage(id=str(index), body=body), "scoring-in"
+                )
             except ModelfnError:
                 refused += 1
     assert {200, 401, 422} <= set(statuses), statuses

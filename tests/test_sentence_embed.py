@@ -112,7 +112,7 @@ def test_server_merges_texts_of_different_lengths_and_answers_each_alone(fn: Mod
     import httpx
     from live_server import LiveServer
 
-    from handlers.cloud_run import create_app
+    from modelfn.asgi import create_app
     from modelfn.registry import Registry
 
     texts = [GUITAR, STRUMMING, MARKET, CAT, KITTEN, LONG, "Hi.", "A much longer sentence " * 8] * 3
@@ -126,7 +126,7 @@ def test_server_merges_texts_of_different_lengths_and_answers_each_alone(fn: Mod
 
     with LiveServer(create_app(Registry.from_dir(FOLDER.parent, ["sentence-embed"]))) as live:
         responses = asyncio.run(burst(live.url))
-        sizes = list(live.app.state.server.batch_sizes)
+        sizes = list(live.app.service.batch_sizes)
     for text, response in zip(texts, responses, strict=True):
         assert np.allclose(response.json()["embedding"], expected[text], atol=1e-5)
     assert sum(sizes) == len(texts) and max(sizes) > 1

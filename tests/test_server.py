@@ -12,7 +12,7 @@ import pytest
 from live_server import LiveServer
 from onnx_models import function_folder, row_sum
 
-from handlers.cloud_run import create_app
+from modelfn.asgi import create_app
 from modelfn.registry import Registry
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
@@ -133,7 +133,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(batching_ser
     for payload, response in zip(payloads, responses, strict=True):
         assert response.status_code == 200
         assert response.json() == {"total": payload.sum(axis=1).tolist()}
-    sizes = list(batching_server.app.state.server.batch_sizes)
+    sizes = list(batching_server.app.service.batch_sizes)
     assert sum(sizes) == sum(len(p) for p in payloads)
     assert max(sizes) > 1, f"no request was merged: {sizes}"
 

@@ -24,6 +24,7 @@ from aws_cdk import aws_s3_notifications as s3n
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 
+from modelfn.routes import function_routes
 from modelfn.spec import FunctionSpec
 from modelfn_cdk.access import allow, read_prefix, s3_arn, s3_uri_parts, write_prefix
 from modelfn_cdk.nag import acknowledge
@@ -45,16 +46,9 @@ class Target:
 
 
 def http_routes(name: str) -> list[tuple[apigw.HttpMethod, str]]:
-    """The routes of `modelfn.http.Service` that concern this function, with its name literal
-    in the path so an API only ever reaches its own function."""
-    return [
-        (apigw.HttpMethod.POST, f"/functions/{name}"),
-        (apigw.HttpMethod.POST, f"/v2/models/{name}/infer"),
-        (apigw.HttpMethod.GET, f"/v2/models/{name}"),
-        (apigw.HttpMethod.GET, f"/v2/models/{name}/ready"),
-        (apigw.HttpMethod.GET, "/v2/health/live"),
-        (apigw.HttpMethod.GET, "/v2/health/ready"),
-    ]
+    """The core route table's routes that concern this function (`modelfn.routes`), with its
+    name literal in the path so an API only ever reaches its own function."""
+    return [(apigw.HttpMethod(method), path) for method, path in function_routes(name)]
 
 
 def add_http(target: Target) -> None:

@@ -1,18 +1,20 @@
 """What one Lambda function serves: the model function named by `MODELFN_FUNCTION`, loaded
-and warmed at init, the shared HTTP `Service` under Lambda's 6 MB payload limit, and the
+and warmed at init, the core `Service` under Lambda's 6 MB payload limit, and the
 telemetry every trigger reports through."""
 
 from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from handlers.aws.telemetry import Telemetry
 from handlers.aws.telemetry import telemetry as process_telemetry
 from modelfn.errors import ModelfnError, NotFound
 from modelfn.function import ModelFunction
-from modelfn.http import MB, Service, api_key
+from modelfn.http import MB, api_key
 from modelfn.registry import Registry
+from modelfn.service import Service
 from modelfn.spec import FunctionSpec
 
 LAMBDA_PAYLOAD_LIMIT = 6 * MB
@@ -23,17 +25,6 @@ def on_lambda() -> bool:
     return "AWS_LAMBDA_FUNCTION_NAME" in os.environ
 
 
-def prepare_environment() -> None:
-    """On Lambda only /tmp is writable: ONNX Runtime writes under $HOME, models cache under
-    MODELFN_CACHE_DIR. Set both before anything reads them."""
-    if not on_lambda():
-        return
-    home = os.environ.get("HOME", "")
-    if not home or not os.access(home, os.W_OK):
-        os.environ["HOME"] = "/tmp"
-    os.environ.setdefault("MODELFN_CACHE_DIR", "/tmp/modelfn")
-
-
 class LambdaApp:
     """The registry of functions this Lambda serves and the function events are predicted with."""
 
@@ -41,7 +32,7 @@ class LambdaApp:
         self.registry = registry
         self.served = served
         self.telemetry = telemetry or process_telemetry
-        self.service = Service(registry, max_body_bytes=self.max_body_bytes(), key=api_key())
+        self.service = Service(registry, key=api_key(), platform_limit_bytes=LAMBDA_PAYLOAD_LIMIT)
         self.load_ms: float | None = None
         self.load_reported = False
         self.tracing = os.environ.get("MODELFN_TRACING", "").lower() in ("1", "true", "yes")
@@ -53,13 +44,6 @@ class LambdaApp:
         if served is None and len(registry.specs) == 1:
             served = next(iter(registry.specs))
         return cls(registry, served)
-
-    def max_body_bytes(self) -> int:
-        configured = float(os.environ.get("MODELFN_MAX_BODY_MB", "0") or 0)
-        if configured:
-            return int(configured * MB)
-        largest = max((s.io.max_body_mb for s in self.registry.specs.values()), default=6.0)
-        return min(LAMBDA_PAYLOAD_LIMIT, int(largest * MB))
 
     def load(self) -> None:
         """Load and warm at init so no request pays for it; a failure is kept and reported
@@ -80,6 +64,10 @@ class LambdaApp:
     def function(self) -> ModelFunction:
         """The function events are predicted with."""
         return self.registry.load(self.spec().name)
+
+    def predict(self, body: bytes | None = None, content_type: str | None = None, payload: Any = None) -> Any:
+        """One event's prediction with the served function, through the core pipeline."""
+        return self.service.predict(self.spec().name, body, content_type, payload)
 
     def spec(self) -> FunctionSpec:
         """The served function's spec, whether or not its model loaded."""

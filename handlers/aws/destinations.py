@@ -4,7 +4,6 @@ MODELFN_OUTPUT_S3 and MODELFN_OUTPUT_TOPIC."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Protocol
@@ -12,13 +11,11 @@ from typing import Any, Protocol
 from handlers.aws.clients import client
 from handlers.aws.objects import location, store
 from handlers.aws.telemetry import Telemetry
+from modelfn.events import OUTPUT_MARK, encode_result
+from modelfn.http import json_text
 from modelfn.spec import FunctionSpec
 
 UNSAFE_KEY = re.compile(r"[^A-Za-z0-9._=-]")
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 class Destination(Protocol):
@@ -43,7 +40,7 @@ class QueueDestination:
         self.url = url
 
     def send(self, source_id: str, function: str, result: Any) -> str:
-        body = _json({"source_id": source_id, "function": function, "result": result})
+        body = json_text({"source_id": source_id, "function": function, "result": result})
         sent = client("sqs").send_message(QueueUrl=self.url, MessageBody=body)
         return f"{self.url}#{sent['MessageId']}"
 
@@ -53,7 +50,7 @@ class TopicDestination:
         self.arn = arn
 
     def send(self, source_id: str, function: str, result: Any) -> str:
-        body = _json({"source_id": source_id, "function": function, "result": result})
+        body = json_text({"source_id": source_id, "function": function, "result": result})
         sent = client("sns").publish(TopicArn=self.arn, Message=body)
         return f"{self.arn}#{sent['MessageId']}"
 
@@ -68,7 +65,7 @@ class PrefixDestination:
 
     def send(self, source_id: str, function: str, result: Any) -> str:
         key = f"{self.prefix}{UNSAFE_KEY.sub('_', source_id)}.json"
-        store().put(self.bucket, key, _json(result).encode(), "application/json", {"modelfn-function": function})
+        store().put(self.bucket, key, encode_result(result), "application/json", {OUTPUT_MARK: function})
         return location(self.bucket, key)
 
 

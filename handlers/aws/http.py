@@ -7,22 +7,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
-import re
 from typing import Any
 from urllib.parse import unquote
 
 from handlers.aws.app import LAMBDA_PAYLOAD_LIMIT
 from handlers.aws.kind import EventKind
 from modelfn.errors import BadRequest, PayloadTooLarge
-from modelfn.http import MB, HttpRequest, HttpResponse, failure
+from modelfn.http import JSON_TYPE, MB, HttpRequest, HttpResponse, failure, json_text
+from modelfn.routes import function_of
 
-NAMED_ROUTE = re.compile(r"/(?:functions|v2/models)/([^/]+)")
-JSON_HEADERS = {"content-type": "application/json"}
 BASE_PATH = os.environ.get("MODELFN_BASE_PATH", "")
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-"""`HttpResponse.encoded()`'s exact output, without building an encoder per response."""
+TEXT_TYPES = ("application/json", "text/")
 # the statuses the core answers with; `http.HTTPStatus` would cost an enum build at import
 REASONS = {
     200: "OK",
@@ -74,12 +70,11 @@ class HttpEvent(EventKind):
             response = failure(exc)
         else:
             if self.app.served is None:  # several functions: the route says which
-                match = NAMED_ROUTE.match(request.path)
-                self.app.telemetry.name_function(match.group(1) if match else None)
+                self.app.telemetry.name_function(function_of(request.path))
             response = self.app.service.handle(request)
-        body = self.encode(response)
+        body, encoded = self.encode(response)
         self.report(response)
-        return self.render(response.status, body, event)
+        return self.render(response, body, encoded, event)
 
     def route(self, request: HttpRequest) -> HttpRequest:
         """`POST /` goes to the function this Lambda serves: a Function URL needs no path."""
@@ -87,15 +82,23 @@ class HttpEvent(EventKind):
             request.path = f"/functions/{self.app.served}"
         return request
 
-    def encode(self, response: HttpResponse) -> str:
-        text = _encode(response.body)
+    def encode(self, response: HttpResponse) -> tuple[str, bool]:
+        """The body as Lambda carries it, and whether that is base64 (bytes that are not text)."""
+        if isinstance(response.body, bytes):
+            if response.content_type.startswith(TEXT_TYPES):
+                text, encoded = response.body.decode("utf-8"), False
+            else:
+                text, encoded = base64.b64encode(response.body).decode("ascii"), True
+        else:
+            text, encoded = json_text(response.body), False
         if len(text) > LAMBDA_PAYLOAD_LIMIT:
             too_large = PayloadTooLarge(
                 f"the response is {len(text) / MB:.1f} MB, over Lambda's 6 MB limit: send fewer rows per request"
             )
             response.status, response.body = too_large.status, too_large.to_body()
-            return response.encoded().decode()
-        return text
+            response.headers = {"content-type": JSON_TYPE}
+            return json_text(response.body), False
+        return text, encoded
 
     def report(self, response: HttpResponse) -> None:
         telemetry = self.app.telemetry
@@ -111,8 +114,13 @@ class HttpEvent(EventKind):
     def request(self, event: dict[str, Any]) -> HttpRequest:
         raise NotImplementedError
 
-    def render(self, status: int, body: str, event: dict[str, Any]) -> dict[str, Any]:
-        return {"statusCode": status, "headers": dict(JSON_HEADERS), "body": body, "isBase64Encoded": False}
+    def render(self, response: HttpResponse, body: str, encoded: bool, event: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "statusCode": response.status,
+            "headers": dict(response.headers),
+            "body": body,
+            "isBase64Encoded": encoded,
+        }
 
 
 class ApiGatewayV1(HttpEvent):
@@ -190,18 +198,19 @@ class ApplicationLoadBalancer(HttpEvent):
         headers = _joined(event["multiValueHeaders"]) if "multiValueHeaders" in event else event.get("headers") or {}
         return HttpRequest(event["httpMethod"], self.path(event), headers, _body(event))
 
-    def render(self, status: int, body: str, event: dict[str, Any]) -> dict[str, Any]:
-        response: dict[str, Any] = {
+    def render(self, response: HttpResponse, body: str, encoded: bool, event: dict[str, Any]) -> dict[str, Any]:
+        status = response.status
+        rendered: dict[str, Any] = {
             "statusCode": status,
             "statusDescription": f"{status} {REASONS.get(status, '')}".strip(),
             "body": body,
-            "isBase64Encoded": False,
+            "isBase64Encoded": encoded,
         }
         if "multiValueHeaders" in event:
-            response["multiValueHeaders"] = {k: [v] for k, v in JSON_HEADERS.items()}
+            rendered["multiValueHeaders"] = {k: [v] for k, v in response.headers.items()}
         else:
-            response["headers"] = dict(JSON_HEADERS)
-        return response
+            rendered["headers"] = dict(response.headers)
+        return rendered
 
 
 HTTP_KINDS: list[type[HttpEvent]] = [FunctionUrl, HttpApiV2, ApiGatewayV1, ApplicationLoadBalancer]

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from handlers.aws.app import LambdaApp
-from modelfn.errors import ModelfnError
 
 
 class EventKind:
@@ -40,8 +39,3 @@ def records_from(event: Any, source_key: str, source: str) -> list[dict[str, Any
     if all(isinstance(r, dict) and r.get(source_key) == source for r in records):
         return records
     return None
-
-
-def reason(exc: BaseException) -> str:
-    """What went wrong with one record or object, for its log line and the error naming it."""
-    return exc.message if isinstance(exc, ModelfnError) else f"{type(exc).__name__}: {exc}"

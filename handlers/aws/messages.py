@@ -5,17 +5,19 @@ an SQS or SNS message is served as what it carries."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 from handlers.aws import destinations
 from handlers.aws.app import LambdaApp
-from handlers.aws.kind import EventKind, reason, records_from
+from handlers.aws.kind import EventKind, records_from
 from handlers.aws.s3 import notification_refs, predict_objects
+from modelfn import events
 
 
-class MessagesFailed(Exception):
-    """Some messages of an event could not be predicted."""
+class MessagesFailed(events.BatchFailed):
+    """Some messages of an event could not be predicted; the others were."""
 
 
 def _attribute(attributes: dict[str, Any] | None, *names: str) -> str | None:
@@ -46,7 +48,7 @@ def predict_message(app: LambdaApp, body: str, content_type: str) -> tuple[str, 
                 return "objects", predict_objects(app, notification_refs(document["Records"]))
             if document.get("Event") == "s3:TestEvent":  # sent once when a bucket notification is set up
                 return "objects", {"processed": [], "skipped": []}
-    return "prediction", app.function().predict(body.encode("utf-8"), content_type)
+    return "prediction", app.predict(body.encode("utf-8"), content_type)
 
 
 def is_open_inference_request(payload: Any) -> bool:
@@ -68,23 +70,25 @@ class SnsNotification(EventKind):
         records = event["Records"]
         telemetry.metric("BatchSize", len(records))
         destination = destinations.for_topic_results(self.app.spec(), telemetry)
-        results, failed = [], []
+        results: list[dict[str, str]] = []
+        batch = events.Batch("message", len(records), MessagesFailed)
+
+        def failed(message_id: str, error: str) -> None:
+            telemetry.error("message failed", message_id=message_id, error=error)
+
+        def deliver(message: dict[str, Any]) -> None:
+            message_id = message.get("MessageId", "")
+            kind, result = predict_message(
+                self.app, message["Message"], content_type_of(message.get("MessageAttributes"))
+            )
+            sent = destination.send(message_id, self.app.spec().name, result) if kind == "prediction" else "s3"
+            results.append({"message_id": message_id, "output": sent})
+
         for record in records:
             message = record["Sns"]
-            message_id = message.get("MessageId", "")
-            try:
-                kind, result = predict_message(
-                    self.app, message["Message"], content_type_of(message.get("MessageAttributes"))
-                )
-                sent = destination.send(message_id, self.app.spec().name, result) if kind == "prediction" else "s3"
-            except Exception as exc:  # report every message, then fail the event so SNS retries
-                telemetry.error("message failed", message_id=message_id, error=reason(exc))
-                failed.append(f"{message_id} ({reason(exc)})")
-                continue
-            results.append({"message_id": message_id, "output": sent})
-        telemetry.metric("Errors", len(failed))
-        if failed:
-            raise MessagesFailed(f"{len(failed)} of {len(records)} message(s) failed: {'; '.join(failed)}")
+            batch.run(message.get("MessageId", ""), functools.partial(deliver, message), failed)
+        telemetry.metric("Errors", len(batch.failed))
+        batch.raise_if_failed()  # SNS retries the event; every message is named
         return {"processed": results}
 
 
@@ -98,7 +102,7 @@ class EventBridgeDetail(EventKind):
         return isinstance(event, dict) and "detail-type" in event and "source" in event and "detail" in event
 
     def serve(self, event: Any, context: Any) -> Any:
-        result = self.app.function().predict(payload=event["detail"])
+        result = self.app.predict(payload=event["detail"])
         self.app.telemetry.info("prediction", source_id=event.get("id"), result=result)
         return result
 
@@ -114,7 +118,6 @@ class DirectInvoke(EventKind):
         return True
 
     def serve(self, event: Any, context: Any) -> Any:
-        fn = self.app.function()
         if is_open_inference_request(event):
-            return fn.infer_v2(event)
-        return fn.predict(payload=event)
+            return self.app.service.infer(self.app.spec().name, event)
+        return self.app.predict(payload=event)

@@ -1,29 +1,25 @@
 """S3 `ObjectCreated` triggers, as a direct bucket notification or through EventBridge:
-read each object, predict, write the result JSON under the output prefix. One bad object
-is logged, counted and, once every other object is done, raised so Lambda's retries and
-dead-letter queue apply to the event."""
+read each object, predict, write the result JSON under the output prefix. The rules (content
+type, result name, which objects are results, failure collection) are `modelfn.events`:
+one bad object is logged, counted and, once every other object is done, raised so
+Lambda's retries and dead-letter queue apply to the event."""
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from handlers.aws.app import LambdaApp
-from handlers.aws.kind import EventKind, reason, records_from
-from handlers.aws.objects import EXTENSION_TYPES, ObjectMissing, StoredObject, location, store
-from modelfn.codecs import media_type
-from modelfn.function import ModelFunction
-from modelfn.http import MB
+from handlers.aws.kind import EventKind, records_from
+from handlers.aws.objects import ObjectMissing, StoredObject, location, store
+from modelfn import events
+from modelfn.events import OUTPUT_MARK
 from modelfn.spec import S3Trigger
 
-GENERIC_TYPES = {"", "binary/octet-stream", "application/octet-stream"}
-OUTPUT_MARK = "modelfn-function"
-"""User metadata on every result object: an object carrying it is never predicted again."""
 
-
-class ObjectsFailed(Exception):
+class ObjectsFailed(events.BatchFailed):
     """Some objects of an S3 event could not be predicted; the others were written."""
 
 
@@ -54,27 +50,13 @@ class Outputs(NamedTuple):
             output_bucket=os.environ.get("MODELFN_OUTPUT_BUCKET") or trigger.output_bucket,
         )
 
-    def is_output(self, ref: ObjectRef) -> bool:
-        same_bucket = self.output_bucket in (None, ref.bucket)
-        return same_bucket and bool(self.output_prefix) and ref.key.startswith(self.output_prefix)
+    def skip_reason(self, ref: ObjectRef, metadata: dict[str, str] | None = None) -> str | None:
+        """The notification filter already applied the input prefix: only results are skipped here."""
+        same_place = self.output_bucket in (None, ref.bucket)
+        return events.skip_reason(ref.key, output_prefix=self.output_prefix, metadata=metadata, same_place=same_place)
 
     def target(self, ref: ObjectRef) -> tuple[str, str]:
-        """`incoming/a/b.png` -> `predictions/a/b.png.json`: predictable, and never two sources on one key."""
-        relative = ref.key[len(self.prefix) :] if self.prefix and ref.key.startswith(self.prefix) else ref.key
-        return self.output_bucket or ref.bucket, f"{self.output_prefix}{relative}.json"
-
-
-def content_type(key: str, stored: str | None, fn: ModelFunction) -> str | None:
-    """The stored Content-Type when it says something, else the key's extension: uploads
-    without a type arrive as binary/octet-stream."""
-    kind = media_type(stored)
-    if kind not in GENERIC_TYPES:
-        return stored
-    dot = key.rfind(".")
-    by_extension = EXTENSION_TYPES.get(key[dot:].lower()) if dot >= 0 else None
-    if by_extension:
-        return by_extension
-    return stored if kind and kind in fn.codec.media_types else None
+        return self.output_bucket or ref.bucket, events.result_name(ref.key, self.prefix, self.output_prefix)
 
 
 def _read(ref: ObjectRef, limit: int) -> StoredObject:
@@ -91,37 +73,40 @@ def predict_objects(app: LambdaApp, refs: list[ObjectRef]) -> dict[str, Any]:
     """Predict every object; raise `ObjectsFailed` naming the failures only after all are done."""
     telemetry = app.telemetry
     telemetry.metric("BatchSize", len(refs))
-    fn = app.function()
-    outputs = Outputs.for_spec(fn.spec.triggers.s3)
-    limit = int(fn.spec.io.max_body_mb * MB)
+    spec = app.spec()
+    outputs = Outputs.for_spec(spec.triggers.s3)
+    limit = app.service.limit(spec.name)
     processed: list[dict[str, str]] = []
     skipped: list[str] = []
-    failed: list[tuple[ObjectRef, str]] = []
-    for ref in refs:
-        if outputs.is_output(ref):
-            telemetry.info("skipped: the object is under the output prefix", key=ref.key, bucket=ref.bucket)
-            skipped.append(ref.uri)
-            continue
-        try:
-            found = _read(ref, limit)
-            if OUTPUT_MARK in found.metadata:
-                telemetry.info("skipped: the object is a modelfn result", key=ref.key, bucket=ref.bucket)
-                skipped.append(ref.uri)
-                continue
-            result = fn.predict(found.body, content_type(ref.key, found.content_type, fn))
-            body = json.dumps(result, separators=(",", ":"), allow_nan=False).encode()
-            bucket, key = outputs.target(ref)
-            store().put(bucket, key, body, "application/json", {OUTPUT_MARK: fn.name})
-        except Exception as exc:  # one object's failure must not lose the others
-            telemetry.error("object failed", key=ref.key, bucket=ref.bucket, error=reason(exc))
-            failed.append((ref, reason(exc)))
-            continue
+    batch = events.Batch("object", len(refs), ObjectsFailed)
+
+    def skip(ref: ObjectRef, why: str) -> None:
+        telemetry.info(f"skipped: {why}", key=ref.key, bucket=ref.bucket)
+        skipped.append(ref.uri)
+
+    def failed(ref: ObjectRef, item: str, error: str) -> None:
+        telemetry.error("object failed", key=ref.key, bucket=ref.bucket, error=error)
+
+    def predict(ref: ObjectRef) -> None:
+        found = _read(ref, limit)
+        why = outputs.skip_reason(ref, found.metadata)
+        if why:
+            return skip(ref, why)
+        result = app.predict(found.body, events.content_type(ref.key, found.content_type, found.body))
+        bucket, key = outputs.target(ref)
+        store().put(bucket, key, events.encode_result(result), "application/json", {OUTPUT_MARK: spec.name})
         processed.append({"source": ref.uri, "output": location(bucket, key)})
         telemetry.info("object predicted", key=ref.key, bucket=ref.bucket, output=location(bucket, key))
-    telemetry.metric("Errors", len(failed))
-    if failed:
-        named = "; ".join(f"{ref.uri} ({why})" for ref, why in failed)
-        raise ObjectsFailed(f"{len(failed)} of {len(refs)} object(s) failed: {named}")
+        return None
+
+    for ref in refs:
+        why = outputs.skip_reason(ref)
+        if why:
+            skip(ref, why)
+            continue
+        batch.run(ref.uri, functools.partial(predict, ref), functools.partial(failed, ref))
+    telemetry.metric("Errors", len(batch.failed))
+    batch.raise_if_failed()
     return {"processed": processed, "skipped": skipped}
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.aws import destinations
-from handlers.aws.kind import EventKind, reason, records_from
+from handlers.aws.kind import EventKind, records_from
 from handlers.aws.messages import content_type_of, predict_message
+from modelfn.events import reason
 
 
 class SqsBatch(EventKind):
@@ -30,8 +31,9 @@ class SqsBatch(EventKind):
         telemetry = self.app.telemetry
         records = event["Records"]
         telemetry.metric("BatchSize", len(records))
-        fn = self.app.function()
-        destination = destinations.for_queue_results(fn.spec, telemetry)
+        # a model that cannot load fails the invocation as a whole: SQS makes every message visible again
+        spec = self.app.function().spec
+        destination = destinations.for_queue_results(spec, telemetry)
 
         def predict_record(record: Any) -> None:
             try:
@@ -39,7 +41,7 @@ class SqsBatch(EventKind):
                     self.app, record.body, content_type_of(record.raw_event.get("messageAttributes"))
                 )
                 if kind == "prediction":
-                    destination.send(record.message_id, fn.name, result)
+                    destination.send(record.message_id, spec.name, result)
             except Exception as exc:
                 telemetry.error("message failed", message_id=record.message_id, error=reason(exc))
                 raise

@@ -1,0 +1,264 @@
+"""The Service: the one predict pipeline behind every route, trigger and provider.
+
+Routing (`modelfn.routes`), the API key, each function's body limit, decoding, inference,
+encoding and error wording happen here once. Two drivers share every step: `handle` runs
+inference in the calling thread (a Lambda, a Cloud Function, an Azure trigger: one request
+per process at a time), `handle_async` merges concurrent requests through a micro-batcher
+and keeps large bodies' decoding and encoding off the event loop (the ASGI server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from modelfn import __version__, protocol
+from modelfn.codecs import Decoded, parse_json
+from modelfn.errors import ModelfnError, NotFound
+from modelfn.http import MB, HttpRequest, HttpResponse, check_api_key, check_size, failure
+from modelfn.registry import Registry
+from modelfn.routes import ROUTES, Route, match
+
+if TYPE_CHECKING:
+    from modelfn.batching import MicroBatcher
+    from modelfn.function import ModelFunction, Outputs
+
+log = logging.getLogger("modelfn")
+
+PUBLIC_PATHS = frozenset(r.template for r in ROUTES if r.public and not r.parameters)
+OFFLOAD_BYTES = 256 * 1024
+"""Bodies above this are decoded and their answers encoded in a worker thread, so a large
+request does not hold the event loop (health probes, other callers) while it is parsed."""
+
+
+class Inference:
+    """A request decoded and ready to run: the function, its feeds, and how to turn the
+    outputs into the answer. Each driver runs it its own way (directly or batched)."""
+
+    __slots__ = ("decoded", "finish", "fn")
+
+    def __init__(self, fn: ModelFunction, decoded: Decoded, finish: Callable[[Outputs], Any]) -> None:
+        self.fn = fn
+        self.decoded = decoded
+        self.finish = finish
+
+    def run(self) -> Any:
+        return self.finish(self.fn.run(self.decoded.feeds))
+
+
+class Service:
+    """Every operation for one registry of functions.
+
+    `max_body_bytes` overrides each function's own `io.max_body_mb` (`modelfn serve
+    --max-body-mb`, `$MODELFN_MAX_BODY_MB`); `platform_limit_bytes` is what the platform carries
+    at most (Lambda's 6 MB), which no setting can raise."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        key: str | None = None,
+        max_body_bytes: int | None = None,
+        platform_limit_bytes: int | None = None,
+    ) -> None:
+        self.registry = registry
+        self.key = key
+        configured = float(os.environ.get("MODELFN_MAX_BODY_MB") or 0)
+        self.max_body_bytes = max_body_bytes or (int(configured * MB) if configured else None)
+        self.platform_limit_bytes = platform_limit_bytes
+        self.batchers: dict[str, MicroBatcher] = {}
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent merged batch sizes, for metrics and tests
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- the calls adapters make -------------------------------------------------------
+
+    def limit(self, name: str | None) -> int:
+        """The largest body `name` accepts here; for an unknown name, the largest of any."""
+        spec = self.registry.specs.get(name) if name else None
+        if self.max_body_bytes is not None:
+            limit = self.max_body_bytes
+        elif spec is not None:
+            limit = int(spec.io.max_body_mb * MB)
+        else:
+            limit = int(max((s.io.max_body_mb for s in self.registry.specs.values()), default=32.0) * MB)
+        return min(limit, self.platform_limit_bytes) if self.platform_limit_bytes else limit
+
+    def admit(self, method: str, path: str, headers: dict[str, str]) -> tuple[Route, dict[str, str]]:
+        """The checks made before a body is read: the key (every route but the health probes,
+        unknown ones included, so nothing answers but 401 without it), then the route."""
+        if path not in PUBLIC_PATHS:
+            check_api_key(headers, self.key)
+        return match(method, path)
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        """One request, inference in this thread; every error becomes its status and JSON."""
+        try:
+            route, params = self.admit(request.method, request.path, request.headers)
+            outcome = getattr(self, "_" + route.operation)(request, **params)
+            return outcome.run() if isinstance(outcome, Inference) else outcome
+        except Exception as exc:
+            return self._failure(exc, request)
+
+    async def handle_async(
+        self, request: HttpRequest, admitted: tuple[Route, dict[str, str]] | None = None
+    ) -> HttpResponse:
+        """One request on an event loop: batched inference, large bodies off the loop."""
+        try:
+            route, params = admitted or self.admit(request.method, request.path, request.headers)
+            operation = getattr(self, "_" + route.operation)
+            name = params.get("name")
+            if name and name not in self.registry.loaded and name in self.registry.specs:
+                await asyncio.to_thread(self._load_quietly, name)
+            heavy = len(request.body) > OFFLOAD_BYTES
+            outcome = await asyncio.to_thread(operation, request, **params) if heavy else operation(request, **params)
+            if not isinstance(outcome, Inference):
+                return outcome  # type: ignore[no-any-return]
+            outputs = await self.run_batched(outcome.fn, outcome.decoded)
+            if heavy:
+                return await asyncio.to_thread(_finished, outcome, outputs)
+            return outcome.finish(outputs)  # type: ignore[no-any-return]
+        except Exception as exc:
+            return self._failure(exc, request)
+
+    def predict(
+        self, name: str, body: bytes | None = None, content_type: str | None = None, payload: Any = None
+    ) -> Any:
+        """One prediction for an event (an object, a message): the result, or a typed error."""
+        fn = self.function(name)
+        if body is not None:
+            check_size(body, self.limit(name))
+        decoded = fn.decode(body, content_type, payload)
+        return fn.encode(fn.run(decoded.feeds), decoded)
+
+    def infer(self, name: str, document: Any) -> dict[str, Any]:
+        """One Open Inference Protocol request that arrived as an event (a direct invoke)."""
+        return self._inference(self.function(name), document).run()  # type: ignore[no-any-return]
+
+    def function(self, name: str) -> ModelFunction:
+        return self.registry.load(name)
+
+    async def run_batched(self, fn: ModelFunction, decoded: Decoded) -> Outputs:
+        loop = asyncio.get_running_loop()
+        if not fn.batchable:
+            return await loop.run_in_executor(self.executor, fn.run, decoded.feeds)
+        batcher = self.batchers.get(fn.name)
+        if batcher is None:
+            from modelfn.batching import MicroBatcher
+
+            batcher = self.batchers[fn.name] = MicroBatcher(fn, self.executor, self.batch_sizes.append)
+        return await batcher.submit(decoded)
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """Model runs of the async driver; created on first use (the sync driver never needs it)."""
+        if self._executor is None:
+            workers = max(2, len(self.registry.specs))
+            self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelfn-run")
+        return self._executor
+
+    async def close(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()
+        self.batchers.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    # -- the route operations, named in modelfn.routes.ROUTES ---------------------------
+
+    def _predict(self, request: HttpRequest, name: str) -> Inference:
+        fn = self.function(name)
+        check_size(request.body, self.limit(name))
+        decoded = fn.decode(request.body, request.content_type)
+        return Inference(fn, decoded, lambda outputs: HttpResponse(200, fn.encode(outputs, decoded)))
+
+    def _infer(self, request: HttpRequest, name: str, version: str | None = None) -> Inference:
+        fn = self.function(name)
+        self._check_version(fn, version)
+        check_size(request.body, self.limit(name))
+        return self._inference(fn, parse_json(request.body), http=True)
+
+    def _inference(self, fn: ModelFunction, document: Any, http: bool = False) -> Inference:
+        feeds, wanted, request_id = protocol.decode_request(document, fn.inputs, fn.spec.io.nan_policy)
+
+        def finish(outputs: Outputs) -> Any:
+            body = protocol.encode_response(fn.name, outputs, fn.outputs, wanted, request_id)
+            return HttpResponse(200, body) if http else body
+
+        return Inference(fn, Decoded(feeds), finish)
+
+    def _live(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, {"live": True})
+
+    def _ready(self, request: HttpRequest) -> HttpResponse:
+        ready = self.registry.ready()
+        body: dict[str, Any] = {"ready": ready}
+        if self.registry.failed:
+            body["failed"] = {name: exc.message for name, exc in self.registry.failed.items()}
+        return HttpResponse(200 if ready else 503, body)
+
+    def _server_metadata(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, {"name": "modelfn", "version": __version__, "extensions": []})
+
+    def _model_metadata(self, request: HttpRequest, name: str, version: str | None = None) -> HttpResponse:
+        fn = self.function(name)
+        self._check_version(fn, version)
+        return HttpResponse(200, fn.metadata())
+
+    def _model_ready(self, request: HttpRequest, name: str, version: str | None = None) -> HttpResponse:
+        if name not in self.registry.specs:
+            raise NotFound(f"unknown function {name!r}; this server has {sorted(self.registry.specs)}")
+        try:
+            fn = self.registry.load(name)
+        except ModelfnError:
+            return HttpResponse(503, {"name": name, "ready": False})
+        self._check_version(fn, version)
+        return HttpResponse(200, {"name": name, "ready": True})
+
+    def _list_functions(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, {"functions": sorted(self.registry.specs)})
+
+    def _openapi(self, request: HttpRequest) -> HttpResponse:
+        from modelfn.openapi import document
+
+        return HttpResponse(200, document(sorted(self.registry.specs)))
+
+    def _docs(self, request: HttpRequest) -> HttpResponse:
+        from modelfn.openapi import swagger_page
+
+        return HttpResponse(200, swagger_page(), {"content-type": "text/html; charset=utf-8"})
+
+    def _docs_asset(self, request: HttpRequest, asset: str) -> HttpResponse:
+        from modelfn.openapi import swagger_asset
+
+        body, content_type = swagger_asset(asset)
+        return HttpResponse(200, body, {"content-type": content_type, "cache-control": "max-age=86400"})
+
+    # -- helpers ---------------------------------------------------------------------
+
+    @staticmethod
+    def _check_version(fn: ModelFunction, version: str | None) -> None:
+        versions = fn.metadata()["versions"]
+        if version is not None and version not in versions:
+            raise NotFound(f"function {fn.name!r} has no version {version!r}; it has {versions}", function=fn.name)
+
+    def _load_quietly(self, name: str) -> None:
+        with contextlib.suppress(ModelfnError):  # kept in registry.failed; the operation reports it
+            self.registry.load(name)
+
+    @staticmethod
+    def _failure(exc: BaseException, request: HttpRequest) -> HttpResponse:
+        if not isinstance(exc, ModelfnError):
+            log.exception("unexpected error on %s %s", request.method, request.path)
+        return failure(exc)
+
+
+def _finished(inference: Inference, outputs: Outputs) -> HttpResponse:
+    response: HttpResponse = inference.finish(outputs)
+    response.encoded()  # encoded here, in the worker thread, not on the loop
+    return response
