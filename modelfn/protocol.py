@@ -89,7 +89,7 @@ def _header_length(value: int | str | None, body_size: int) -> int | None:
     if value is None:
         return None
     text = str(value).strip()
-    if not text.isdigit() or not 0 < int(text) <= body_size:
+    if not (text.isascii() and text.isdigit() and len(text) < 20) or not 0 < int(text) <= body_size:
         raise BadRequest(
             f"Inference-Header-Content-Length must be the length in bytes of the body's JSON part, "
             f"between 1 and the body's {body_size} bytes"
@@ -118,7 +118,7 @@ def _decode(
             raise InvalidInput(f"inputs[{index}]: name and datatype must be strings")
         info = by_name.get(name)
         if info is None:
-            raise InvalidInput(f"unknown input {_shown(name)}; the model takes {sorted(by_name)}", input=name)
+            raise InvalidInput(f"unknown input {_shown(name)}; the model takes {sorted(by_name)}", input=name[:64])
         if name in feeds:
             raise InvalidInput(f"input {name!r} is given more than once; send each input once", input=name)
         if datatype != info.datatype:
