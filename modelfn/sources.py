@@ -293,7 +293,11 @@ def _partial_owner(name: str) -> tuple[str, int] | None:
     return (parts[0], int(parts[1])) if len(parts) == 3 and parts[1].isdigit() else None
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, name: str) -> bool:
+    """Whether the download `name` of process `pid` may still be running. A process restarted
+    with the pid of the one that wrote it (pid 1 in a container, say) knows its own downloads."""
+    if pid == os.getpid():
+        return name in _downloading
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -316,7 +320,7 @@ def clean_partials(directory: Path, max_age_s: float = STALE_PARTIAL_S) -> list[
         owner = _partial_owner(path.name)
         try:
             stale = now - path.stat().st_mtime > max_age_s or (
-                owner is not None and owner[0] == _host() and not _alive(owner[1])
+                owner is not None and owner[0] == _host() and not _alive(owner[1], path.name)
             )
             if stale:
                 path.unlink()
@@ -329,6 +333,7 @@ def clean_partials(directory: Path, max_age_s: float = STALE_PARTIAL_S) -> list[
 
 
 _cleaned: set[Path] = set()
+_downloading: set[str] = set()
 
 
 def _local(source: str, folder: Path, sha256: str | None) -> Path:
@@ -377,6 +382,7 @@ def resolve(source: str, folder: Path, sha256: str | None = None, progress: Prog
         import tempfile
 
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".partial-{_host()}~{os.getpid()}~")
+        _downloading.add(Path(tmp_name).name)
         try:
             with os.fdopen(fd, "wb") as tmp:
                 FETCHERS[scheme](source, tmp, progress)
@@ -391,6 +397,7 @@ def resolve(source: str, folder: Path, sha256: str | None = None, progress: Prog
         except Exception as exc:  # network, permissions, missing object: all mean "cannot load"
             raise ModelUnavailable(f"could not fetch model {redact(source)}: {_reason(exc, source)}") from exc
         finally:
+            _downloading.discard(Path(tmp_name).name)
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
     return target

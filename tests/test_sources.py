@@ -402,6 +402,7 @@ def test_stale_partial_downloads_are_removed_at_start(tmp_path: Path) -> None:
         "old": tmp_path / ".partial-abc123",
         "dead-process": tmp_path / f".partial-{host}~{gone.pid}~x1",
         "this-process": tmp_path / f".partial-{host}~{os.getpid()}~x2",
+        "this-pid-not-downloading": tmp_path / f".partial-{host}~{os.getpid()}~x4",
         "other-host": tmp_path / f".partial-elsewhere~{gone.pid}~x3",
         "fresh": tmp_path / ".partial-def456",
         "model": tmp_path / "0123456789abcdef-model.onnx",
@@ -410,8 +411,14 @@ def test_stale_partial_downloads_are_removed_at_start(tmp_path: Path) -> None:
         path.write_bytes(b"partial")
     two_hours_ago = time.time() - 7200
     os.utime(files["old"], (two_hours_ago, two_hours_ago))
-    removed = clean_partials(tmp_path)
-    assert sorted(p.name for p in removed) == sorted([files["old"].name, files["dead-process"].name])
+    sources._downloading.add(files["this-process"].name)
+    try:
+        removed = clean_partials(tmp_path)
+    finally:
+        sources._downloading.discard(files["this-process"].name)
+    assert sorted(p.name for p in removed) == sorted(
+        files[k].name for k in ("old", "dead-process", "this-pid-not-downloading")
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         files[k].name for k in ("this-process", "other-host", "fresh", "model")
     )
