@@ -25,6 +25,7 @@ from handlers.az import blob, http, queue
 from handlers.az.blob import blob_bindings, output_blob_path  # noqa: F401  (part of this module's surface)
 from handlers.az.served import ServedFunction
 from modelfn.errors import NotFound, SpecError
+from modelfn.registry import served_function
 from modelfn.spec import BlobTrigger, FunctionSpec, HttpTrigger, QueueTrigger, discover, functions_dir, load_spec
 
 log = logging.getLogger("modelfn")
@@ -43,11 +44,9 @@ HTTP_MODES = ("direct", "asgi")
 def resolve_spec(function_name: str | None = None, root: Path | None = None) -> FunctionSpec:
     """The function to serve: the argument, else `$MODELFN_FUNCTION`, else the only one there is."""
     found = discover(root or functions_dir())
-    name = function_name or os.environ.get("MODELFN_FUNCTION")
+    name = served_function(found, function_name)
     if name is None:
-        if len(found) != 1:
-            raise SpecError(f"set MODELFN_FUNCTION to one of {sorted(found)} (or pass build_app(name))")
-        name = next(iter(found))
+        raise SpecError(f"set MODELFN_FUNCTION to one of {sorted(found)} (or pass build_app(name))")
     if name not in found:
         raise NotFound(f"no function named {name!r} under {root or functions_dir()}; found {sorted(found)}")
     return load_spec(found[name])

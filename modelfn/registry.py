@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from modelfn.errors import ModelfnError, ModelUnavailable, NotFound
@@ -63,3 +65,14 @@ class Registry:
     def ready(self, name: str | None = None) -> bool:
         names = [name] if name else list(self.specs)
         return all(n in self.loaded for n in names)
+
+
+def served_function(available: Iterable[str], requested: str | None = None) -> str | None:
+    """The function a deployment serves, decided once for every provider: the one asked
+    for, else $MODELFN_FUNCTION, else the only one there is; None when there are several and
+    none is named (an HTTP deployment of several functions, where the route says which)."""
+    name = requested or os.environ.get("MODELFN_FUNCTION") or None
+    if name is not None:
+        return name
+    names = list(available)
+    return names[0] if len(names) == 1 else None

@@ -279,7 +279,10 @@ def test_cdk_stack_defaults_to_iam_on_the_http_api_and_the_function_url(tmp_path
     template = json.loads((tmp_path / "cdk.out" / f"{built.stacks['guarded'].stack_name}.template.json").read_text())
     resources = [r for r in template["Resources"].values()]
     routes = [r["Properties"] for r in resources if r["Type"] == "AWS::ApiGatewayV2::Route"]
-    assert len(routes) == 6 and {r["AuthorizationType"] for r in routes} == {"AWS_IAM"}
+    from modelfn.routes import function_routes
+
+    assert len(routes) == len(function_routes("guarded")) == 9
+    assert {r["AuthorizationType"] for r in routes} == {"AWS_IAM"}
     urls = [r["Properties"] for r in resources if r["Type"] == "AWS::Lambda::Url"]
     assert [u["AuthType"] for u in urls] == ["AWS_IAM"]
     permissions = [r["Properties"] for r in resources if r["Type"] == "AWS::Lambda::Permission"]

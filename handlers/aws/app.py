@@ -13,7 +13,7 @@ from handlers.aws.telemetry import telemetry as process_telemetry
 from modelfn.errors import ModelfnError, NotFound
 from modelfn.function import ModelFunction
 from modelfn.http import MB, api_key
-from modelfn.registry import Registry
+from modelfn.registry import Registry, served_function
 from modelfn.service import Service
 from modelfn.spec import FunctionSpec
 
@@ -39,11 +39,9 @@ class LambdaApp:
 
     @classmethod
     def from_env(cls) -> LambdaApp:
-        served = os.environ.get("MODELFN_FUNCTION") or None
-        registry = Registry.from_dir(names=[served] if served else None)
-        if served is None and len(registry.specs) == 1:
-            served = next(iter(registry.specs))
-        return cls(registry, served)
+        named = os.environ.get("MODELFN_FUNCTION") or None
+        registry = Registry.from_dir(names=[named] if named else None)
+        return cls(registry, served_function(registry.specs, named))
 
     def load(self) -> None:
         """Load and warm at init so no request pays for it; a failure is kept and reported

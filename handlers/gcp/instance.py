@@ -11,7 +11,7 @@ from typing import Any
 
 from modelfn.errors import NotFound
 from modelfn.http import MB, api_key
-from modelfn.registry import Registry
+from modelfn.registry import Registry, served_function
 from modelfn.service import Service
 from modelfn.spec import FunctionSpec
 
@@ -34,13 +34,11 @@ def service() -> Service:
 
 def target_function(requested: str | None = None) -> str:
     """Which model function an event is for: the one it names, $MODELFN_FUNCTION, or the only one."""
-    name = requested or os.environ.get("MODELFN_FUNCTION")
-    if name:
-        return name
     names = sorted(service().registry.specs)
-    if len(names) == 1:
-        return names[0]
-    raise NotFound(f"cannot tell which function this event is for among {names}: set MODELFN_FUNCTION")
+    name = served_function(names, requested)
+    if name is None:
+        raise NotFound(f"cannot tell which function this event is for among {names}: set MODELFN_FUNCTION")
+    return name
 
 
 def spec(name: str) -> FunctionSpec:
