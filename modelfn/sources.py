@@ -48,7 +48,7 @@ def public_message(text: str, *roots: Path) -> str:
     other absolute path lose their folders, keeping the file's name)."""
     text = redact(text)
     for root in sorted({str(r) for r in roots}, key=len, reverse=True):
-        text = text.replace(root + os.sep, "").replace(root, ".")
+        text = re.sub(re.escape(root) + r"(?:/|(?=[\s'\":,;)]|$))", lambda m: "" if m[0].endswith("/") else ".", text)
     return _SERVER_PATH.sub("", text)
 
 

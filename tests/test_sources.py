@@ -324,6 +324,10 @@ def test_redact_keeps_what_a_reader_needs_and_drops_the_secrets() -> None:
         public_message("Load model from /var/task/functions/x/model.onnx failed") == "Load model from model.onnx failed"
     )
     assert public_message("see https://h/a/b.onnx and s3://b/c/d") == "see https://h/a/b.onnx and s3://b/c/d"
+    root = Path("/srv/functions/x")
+    assert public_message("/srv/functions/x/sub/m.onnx in /srv/functions/x: /srv/functions/xy/m", root) == (
+        "sub/m.onnx in .: m"
+    )
 
 
 def test_a_presigned_source_that_fails_tells_why_without_its_signature(
