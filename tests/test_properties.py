@@ -25,8 +25,9 @@ from support.oip_client import parse_response, request_body
 from modelfn import protocol
 from modelfn.errors import ModelfnError
 from modelfn.function import ModelFunction
-from modelfn.http import HttpRequest, Service
+from modelfn.http import HttpRequest
 from modelfn.registry import Registry
+from modelfn.service import Service
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
