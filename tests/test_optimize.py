@@ -238,3 +238,20 @@ def test_plan_and_bundles_leave_the_original_behind(embed_folder: Path) -> None:
     copy = embed_folder.parent.parent / "bundle"
     shutil.copytree(embed_folder, copy, ignore=function_files(spec))
     assert sorted(p.name for p in copy.iterdir()) == ["function.toml", "model.opt.onnx", "samples.jsonl"]
+
+
+def test_fp16_for_a_gpu_function_keeps_float32_inputs_and_outputs(embed_folder: Path) -> None:
+    spec_file = embed_folder / "function.toml"
+    spec_file.write_text(spec_file.read_text() + '\n[runtime]\naccelerator = "gpu"\ngpu_fallback = true\n')
+
+    outcome = opt.optimize(load_spec(embed_folder), rounds=1, log=quiet)
+
+    assert [c.step for c in outcome.tried if c.kept] == ["fp16"]
+    assert outcome.after is not None and outcome.before is not None
+    assert outcome.after.size < outcome.before.size * 0.6
+    served = ModelFunction(load_spec(embed_folder))
+    assert served.model_path.name == "model.opt.onnx"
+    assert [(t.name, t.type) for t in (*served.inputs, *served.outputs)] == [
+        ("x", "tensor(float)"),
+        ("vector", "tensor(float)"),
+    ]

@@ -253,7 +253,7 @@ def optimize(
                 if step == "fp16" and not on_gpu:
                     # speed on the CPU says nothing of a GPU: only the size counts here
                     better, worse = [b for b in better if "size" in b], [w for w in worse if "size" in w]
-                    outcome.notes.append("fp16 was checked on the CPU (no CUDA here): its speed is not measured")
+                    outcome.notes.append("fp16 was checked on the CPU (no CUDA here): its size decided, not its speed")
                 if kept is not None:
                     candidate.verdict = f"explored: {', '.join(better) or 'nothing better'}" + (
                         f"; worse: {', '.join(worse)}" if worse else ""
@@ -278,6 +278,8 @@ def optimize(
             outcome.notes.append("nothing passed the guard and paid: the spec is left as it is")
             return outcome
         outcome.result.comparison = bench.check(current)
+        # the figures printed: three times the rounds of a step's decision, for steadier medians
+        bench.rounds = rounds * 3
         outcome.before, outcome.after = bench.measure(original, current)
         target = original.with_name(original.name.split(".")[0] + ".opt" + current.suffix)
         if dry_run:

@@ -204,7 +204,20 @@ def _fp16(model: Path, work: Path, bench: Workbench, log: Log) -> Iterator[Candi
         return
     import onnx
 
-    converted = float16.convert_float_to_float16(_load(model), keep_io_types=True)
+    proto = _load(model)
+    if not any(i.data_type == 1 and np.prod(i.dims) >= 1024 for i in proto.graph.initializer):
+        ml = sorted({n.op_type for n in proto.graph.node if n.domain == "ai.onnx.ml"})
+        why = f"its weights live in {', '.join(ml)} (ai.onnx.ml), which has no fp16 form" if ml else "no fp32 weights"
+        yield _candidate("fp16", "fp16", model, skipped=why)
+        return
+    # a Cast to float inside the graph would keep its `to` while its output is declared fp16,
+    # and the model would not load: such nodes stay fp32, with casts around them
+    casts = [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Cast" and any(a.name == "to" and a.i == 1 for a in n.attribute)
+    ]
+    converted = float16.convert_float_to_float16(proto, keep_io_types=True, node_block_list=casts)
     path = work / "fp16.onnx"
     onnx.save(converted, str(path))
     yield _candidate("fp16", "fp16 weights, inputs and outputs as they were", path)
