@@ -268,7 +268,16 @@ def test_alb_answers_in_the_header_style_it_was_asked_in(aws_lambda: Any, cancer
 
 
 def test_function_url_root_post_goes_to_the_served_function(aws_lambda: Any, cancer_rows: Any) -> None:
+    import onnxruntime as ort
+
     sample = event("function-url")
+    sample["rawPath"] = "/"
+    sample["body"] = json.dumps({"X": cancer_rows[3].tolist()})
+    sample["isBase64Encoded"] = False
+    sample["requestContext"]["http"]["method"] = "POST"
+    answer = body_of(aws_lambda.handler(sample, context(aws_lambda)))
+    session = ort.InferenceSession(str(ROOT / "functions" / "breast-cancer" / "model.onnx"))
+    assert answer["label"] == int(session.run(None, {"X": cancer_rows[3:4]})[0][0])
     sample["requestContext"]["http"]["method"] = "GET"
     assert body_of(aws_lambda.handler(sample, context(aws_lambda))) == {"functions": ["breast-cancer"]}
 

@@ -1,4 +1,4 @@
-"""The local server (the Cloud Run app) under a real uvicorn on loopback."""
+"""The core's ASGI server (`modelfn serve`, the Cloud Run app) under a real uvicorn on loopback."""
 
 from __future__ import annotations
 
@@ -52,14 +52,44 @@ def test_open_inference_protocol(server: LiveServer, cancer_rows: np.ndarray) ->
         "inputs": [{"name": "X", "shape": [2, 30], "datatype": "FP32", "data": cancer_rows[:2].ravel().tolist()}],
     }
     body = httpx.post(f"{server.url}/v2/models/breast-cancer/infer", json=request).json()
-    assert body["id"] == "7" and body["model_name"] == "breast-cancer"
-    assert body["outputs"][0] == {
-        "name": "label",
-        "datatype": "INT64",
-        "shape": [2],
-        "data": body["outputs"][0]["data"],
-    }
+    label, proba = offline("breast-cancer", {"X": cancer_rows[:2]})
+    assert body["id"] == "7" and body["model_name"] == "breast-cancer" and body["model_version"] == "1"
+    assert body["outputs"][0] == {"name": "label", "datatype": "INT64", "shape": [2], "data": label.tolist()}
     assert body["outputs"][1]["shape"] == [2, 2]
+    assert np.allclose(body["outputs"][1]["data"], proba.ravel())
+
+
+def offline(name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The oracle: the model run directly by ONNX Runtime, no modelfn code in between."""
+    import onnxruntime as ort
+
+    return list(ort.InferenceSession(str(FUNCTIONS / name / "model.onnx")).run(None, feeds))
+
+
+def test_versioned_routes_answer_like_the_unversioned_ones(server: LiveServer, cancer_rows: np.ndarray) -> None:
+    request = {"inputs": [{"name": "X", "shape": [1, 30], "datatype": "FP32", "data": cancer_rows[5].tolist()}]}
+    plain = httpx.post(f"{server.url}/v2/models/breast-cancer/infer", json=request)
+    versioned = httpx.post(f"{server.url}/v2/models/breast-cancer/versions/1/infer", json=request)
+    assert plain.status_code == versioned.status_code == 200 and plain.json() == versioned.json()
+    assert versioned.json()["outputs"][0]["data"] == offline("breast-cancer", {"X": cancer_rows[5:6]})[0].tolist()
+    meta = httpx.get(f"{server.url}/v2/models/breast-cancer/versions/1")
+    assert meta.json() == httpx.get(f"{server.url}/v2/models/breast-cancer").json()
+    ready = httpx.get(f"{server.url}/v2/models/breast-cancer/versions/1/ready")
+    assert ready.json() == {"name": "breast-cancer", "ready": True}
+    missing = httpx.post(f"{server.url}/v2/models/breast-cancer/versions/2/infer", json=request)
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "function 'breast-cancer' has no version '2'; it has ['1']"
+
+
+def test_paths_are_matched_without_their_trailing_slash_and_head_answers_like_get(server: LiveServer) -> None:
+    assert httpx.get(f"{server.url}/v2/health/live/").json() == {"live": True}
+    head = httpx.head(f"{server.url}/functions")
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(httpx.get(f"{server.url}/functions").content)
+    wrong = httpx.put(f"{server.url}/functions/breast-cancer", json={})
+    assert (
+        wrong.status_code == 405 and wrong.json()["error"] == "PUT is not allowed on /functions/breast-cancer; use POST"
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,10 +138,25 @@ def test_bad_requests_get_a_status_and_a_message_never_a_traceback(
     assert fragment in body["error"] and "Traceback" not in response.text
 
 
-def test_openapi_document_and_docs(server: LiveServer) -> None:
+def test_openapi_document_is_written_from_the_route_table(server: LiveServer) -> None:
+    from modelfn.routes import ROUTES
+
     spec = httpx.get(f"{server.url}/openapi.json").json()
-    assert {"/functions/{name}", "/v2/models/{name}/infer", "/v2/health/ready"} <= set(spec["paths"])
-    assert httpx.get(f"{server.url}/docs").status_code == 200
+    documented = {(method.upper(), path) for path, methods in spec["paths"].items() for method in methods}
+    assert documented == {(r.method, r.template) for r in ROUTES if r.tag != "documentation"}
+    name = spec["paths"]["/functions/{name}"]["post"]["parameters"][0]
+    assert name["schema"]["enum"] == ["breast-cancer", "digits"]
+
+
+def test_docs_work_offline_from_the_packaged_swagger_ui(server: LiveServer) -> None:
+    pytest.importorskip("swagger_ui_bundle", reason="Swagger UI's files come with the server extra")
+    page = httpx.get(f"{server.url}/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'src="/docs/swagger-ui-bundle.js"' in page.text and "cdn" not in page.text.lower()
+    script = httpx.get(f"{server.url}/docs/swagger-ui-bundle.js")
+    assert script.status_code == 200 and b"SwaggerUIBundle" in script.content
+    assert httpx.get(f"{server.url}/docs/swagger-ui.css").status_code == 200
+    assert httpx.get(f"{server.url}/docs/secrets.txt").status_code == 404
 
 
 @pytest.fixture
@@ -182,3 +227,65 @@ def test_api_key_is_required_when_configured(tmp_path: Path) -> None:
         assert httpx.post(url, json=payload, headers={"x-api-key": "s3cret"}).status_code == 200
         assert httpx.get(f"{live.url}/v2/models/breast-cancer").status_code == 401
         assert httpx.get(f"{live.url}/v2/health/live").status_code == 200
+
+
+def test_each_function_keeps_its_own_body_limit_in_one_server(tmp_path: Path) -> None:
+    function_folder(tmp_path, "small", row_sum(4), "[io]\nmax_body_mb = 0.01")
+    function_folder(tmp_path, "large", row_sum(4), "[io]\nmax_body_mb = 1")
+    body = b'{"x": [' + b",".join([b"[1.5, 2.5, 3.5, 4.5]"] * 1000) + b"]}"  # about 21 KB
+    with LiveServer(create_app(Registry.from_dir(tmp_path))) as live:
+        small = httpx.post(f"{live.url}/functions/small", content=body, headers={"content-type": "application/json"})
+        large = httpx.post(f"{live.url}/functions/large", content=body, headers={"content-type": "application/json"})
+    assert small.status_code == 413
+    assert small.json()["error"] == f"request body is {len(body)} bytes; the limit here is 10485 bytes (0.0 MB)"
+    assert large.status_code == 200 and large.json() == {"total": [12.0] * 1000}
+
+
+@pytest.mark.slow
+def test_health_probe_is_answered_while_a_32_mb_body_is_decoded(tmp_path: Path, cancer_rows: np.ndarray) -> None:
+    """Decoding and encoding a large body run off the event loop: the liveness probe is
+    answered while the large request is still in flight. The probe latencies are printed
+    (timings are measured in bench/, never asserted)."""
+    import json
+    import threading
+    import time
+
+    rows = np.tile(cancer_rows, (110, 1))[:110_000]
+    body = json.dumps({"X": rows.tolist()}).encode()
+    assert len(body) > 30 * 1024 * 1024
+    app = create_app(Registry.from_dir(FUNCTIONS, ["breast-cancer"]), max_body_mb=64)
+    answered: dict[str, object] = {}
+    probes: list[tuple[float, float]] = []  # (sent, answered), monotonic
+
+    with LiveServer(app) as live:
+
+        def large() -> None:
+            response = httpx.post(
+                f"{live.url}/functions/breast-cancer",
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=300,
+            )
+            answered["status"], answered["labels"], answered["at"] = (
+                response.status_code,
+                len(response.json()["label"]),
+                time.monotonic(),
+            )
+
+        worker = threading.Thread(target=large)
+        worker.start()
+        with httpx.Client(timeout=60) as client:
+            while worker.is_alive():
+                sent = time.monotonic()
+                assert client.get(f"{live.url}/v2/health/live").json() == {"live": True}
+                probes.append((sent, time.monotonic()))
+                time.sleep(0.02)
+        worker.join()
+    assert answered["status"] == 200 and answered["labels"] == len(rows)
+    during = [p for p in probes if p[1] < answered["at"]]  # type: ignore[operator]
+    assert len(during) >= 2, "no liveness answer arrived while the large request was in flight"
+    waits = sorted(end - start for start, end in during)
+    print(
+        f"\nliveness during a {len(body) / 2**20:.0f} MB request: {len(during)} probes, "
+        f"median {waits[len(waits) // 2] * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms"
+    )
