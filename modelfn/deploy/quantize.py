@@ -1,9 +1,9 @@
 """The candidates `modelfn optimize` tries for each step, most aggressive first: the first that
 passes the guard and pays is kept.
 
-int8 (dynamic): weights int8 per output channel, activations quantised per tensor at run time,
-only MatMul/Gemm whose weights are constants (quantising attention's activation-by-activation
-MatMuls is what costs BERT-like models most) and the embedding tables of Gather. Then the same
+int8 (dynamic): weights int8 per output channel (per-tensor weights cost MiniLM's embeddings a
+mean cosine of 0.96 against 0.99), activations quantised per tensor at run time, only
+MatMul/Gemm whose weights are constants, and the embedding tables of Gather. Then the same
 with 7-bit weights (`reduce_range`, for CPUs without VNNI, where 8-bit products can saturate),
 then with the MatMuls whose outputs move most under quantisation kept in fp32 (ranked by
 simulating the quantisation on their recorded inputs), then weight-only int8 (MatMulNBits:
