@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from modelfn import __version__, protocol
-from modelfn.codecs import Decoded, parse_json
+from modelfn.codecs import Decoded
 from modelfn.errors import ModelfnError, NotFound
 from modelfn.http import MB, HttpRequest, HttpResponse, check_api_key, check_size, failure
 from modelfn.registry import Registry
@@ -178,19 +178,28 @@ class Service:
         return Inference(fn, decoded, lambda outputs: HttpResponse(200, fn.encode(outputs, decoded)))
 
     def _infer(self, request: HttpRequest, name: str, version: str | None = None) -> Inference:
+        """JSON, or the binary tensor extension when `Inference-Header-Content-Length` is sent."""
         fn = self.function(name)
         self._check_version(fn, version)
         check_size(request.body, self.limit(name))
-        return self._inference(fn, parse_json(request.body), http=True)
+        header_length = request.headers.get(protocol.HEADER_LENGTH)
+        infer = protocol.decode_body(request.body, header_length, fn.inputs, fn.spec.io.nan_policy, outputs=fn.outputs)
 
-    def _inference(self, fn: ModelFunction, document: Any, http: bool = False) -> Inference:
-        feeds, wanted, request_id = protocol.decode_request(document, fn.inputs, fn.spec.io.nan_policy)
+        def finish(outputs: Outputs) -> HttpResponse:
+            body, length = protocol.encode_body(fn.name, outputs, fn.outputs, infer)
+            return HttpResponse(200, body, protocol.response_headers(length))
 
-        def finish(outputs: Outputs) -> Any:
-            body = protocol.encode_response(fn.name, outputs, fn.outputs, wanted, request_id)
-            return HttpResponse(200, body) if http else body
+        return Inference(fn, Decoded(infer.feeds), finish)
 
-        return Inference(fn, Decoded(feeds), finish)
+    def _inference(self, fn: ModelFunction, document: Any) -> Inference:
+        feeds, wanted, request_id = protocol.decode_request(
+            document, fn.inputs, fn.spec.io.nan_policy, outputs=fn.outputs
+        )
+        return Inference(
+            fn,
+            Decoded(feeds),
+            lambda outputs: protocol.encode_response(fn.name, outputs, fn.outputs, wanted, request_id),
+        )
 
     def _live(self, request: HttpRequest) -> HttpResponse:
         return HttpResponse(200, {"live": True})
@@ -203,7 +212,7 @@ class Service:
         return HttpResponse(200 if ready else 503, body)
 
     def _server_metadata(self, request: HttpRequest) -> HttpResponse:
-        return HttpResponse(200, {"name": "modelfn", "version": __version__, "extensions": []})
+        return HttpResponse(200, {"name": "modelfn", "version": __version__, "extensions": list(protocol.EXTENSIONS)})
 
     def _model_metadata(self, request: HttpRequest, name: str, version: str | None = None) -> HttpResponse:
         fn = self.function(name)
