@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+_LONG_NUMBER = re.compile(rb"\d{19}")
 try:
     import orjson as _orjson  # the `server` extra: where concurrent requests wait on each parse
 except ImportError:  # pragma: no cover - the standard parser alone
@@ -91,9 +92,10 @@ def parse_json(body: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     raw = body.encode("utf-8", "replace") if isinstance(body, str) else body
     if nested_deeper_than(raw, max_depth):
         raise BadRequest(f"JSON nested deeper than {max_depth} levels of arrays and objects; flatten the document")
-    if _orjson is not None:
+    if _orjson is not None and _LONG_NUMBER.search(raw) is None:
         # 2-3x faster, so a large body holds the GIL (and the server's event loop) that much
-        # less; what it refuses (NaN tokens, huge integers, bad input) the standard parser decides
+        # less; what it refuses (NaN tokens, bad input) the standard parser decides and words.
+        # Not for integers past 64 bits, which it would turn into floats: those are refused exactly.
         with contextlib.suppress(_orjson.JSONDecodeError):
             return _orjson.loads(body)
     try:
