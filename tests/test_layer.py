@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -178,6 +179,57 @@ def test_second_build_reuses_the_layer_unless_forced(x86_layer: LayerReport) -> 
 
     assert again == x86_layer
     assert messages and messages[0].startswith("reusing")
+
+
+def test_cli_reuses_a_built_layer_naming_the_force_flag_and_prints_the_summary_once(x86_layer: LayerReport) -> None:
+    result = modelfn("layer", "build", "--out", str(x86_layer.directory.parent))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"reusing {x86_layer.directory} (modelfn layer build --force rebuilds it)\n")
+    assert "force=True" not in result.stdout
+    assert result.stdout.count("layer onnxruntime + numpy, Python 3.12, x86_64") == 1
+    assert result.stdout.rstrip().endswith(f"zip      {x86_layer.zip_path}")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_cli_build_prints_its_steps_and_the_summary_once(tmp_path: Path, force: bool) -> None:
+    out = tmp_path / "layers"
+    first = modelfn_with_fake_pip("layer", "build", "--out", str(out))
+    again = modelfn_with_fake_pip("layer", "build", "--out", str(out), *(["--force"] if force else []))
+
+    for result in (first, again):
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("layer onnxruntime + numpy, Python 3.12, x86_64") == 1
+        assert result.stdout.count("  zip      ") == 1
+    assert "pip install onnxruntime numpy" in first.stdout and "reusing" not in first.stdout
+    assert ("reusing" in again.stdout) is not force
+    assert ("pip install onnxruntime numpy" in again.stdout) is force
+
+
+def modelfn(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `modelfn` command installed beside this interpreter."""
+    command = [str(Path(sys.executable).parent / "modelfn"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+# The CLI with pip's download replaced by a two-file site: the build's own steps run for real.
+FAKE_PIP = """
+import sys
+import modelfn.deploy.layer as layer
+from modelfn.cli import main
+
+def pip_install(target, python, arch, *, onnxruntime_version=None):
+    (target / "numpy" / "tests").mkdir(parents=True)
+    (target / "numpy" / "__init__.py").write_text("")
+    (target / "numpy" / "tests" / "test_it.py").write_text("")
+
+layer.pip_install = pip_install
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def modelfn_with_fake_pip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", FAKE_PIP, *args], capture_output=True, text=True, timeout=300)
 
 
 def test_every_kept_shared_library_finds_what_it_links(x86_layer: LayerReport) -> None:

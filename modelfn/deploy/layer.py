@@ -132,7 +132,8 @@ def build_layer(
     force: bool = False,
     progress: Progress = print,
 ) -> LayerReport:
-    """Install, slim, precompile and zip the layer into `out`; reuse an earlier build unless `force`."""
+    """Install, slim, precompile and zip the layer into `out`; reuse an earlier build unless `force`.
+    `progress` hears each step; showing the report's `summary()` is the caller's choice."""
     if python not in PYTHONS:
         raise ValueError(f"unsupported Python {python!r}; Lambda layers are built for {', '.join(PYTHONS)}")
     platform_tag(arch)
@@ -141,7 +142,7 @@ def build_layer(
     directory, zip_path = out / name, out / f"{name}.zip"
     cached = _cached_report(directory, zip_path)
     if cached is not None and not force:
-        progress(f"reusing {directory} (force=True rebuilds it)")
+        progress(f"reusing {directory} (modelfn layer build --force rebuilds it)")
         return cached
 
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +166,6 @@ def build_layer(
         staging.replace(directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    progress(report.summary())
     return report
 
 
