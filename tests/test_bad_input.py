@@ -11,8 +11,11 @@ import copy
 import io
 import json
 import logging
+import os
 import shutil
+import struct
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +62,24 @@ def with_first(first: str) -> bytes:
 
 def v2_infer(datatype: str, shape: list[int], data: list[Any]) -> bytes:
     return dumps({"inputs": [{"name": "X", "shape": shape, "datatype": datatype, "data": data}]})
+
+
+def v2_tensor(**fields: Any) -> dict[str, Any]:
+    """A valid cancer row as an Open Inference Protocol input, with `fields` replaced."""
+    return {"name": "X", "shape": [1, 30], "datatype": "FP32", "data": CANCER_ROW} | fields
+
+
+DEEP = b"[" * 1000 + b"]" * 1000  # a RecursionError in the JSON parser once: a 500
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A 45-byte PNG: the signature, an IHDR chunk declaring `width` x `height`, and no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 @dataclass(frozen=True)
@@ -157,6 +178,68 @@ ROWS = [
         "invalid_input",
         "inputs[0]: name and datatype must be strings",
     ),
+    Row(
+        "v2-huge-shape",  # np.prod wrapped to 0 once, then a reshape error: a 500
+        "breast-cancer",
+        INFER,
+        dumps({"inputs": [v2_tensor(shape=[4611686018427387904, 4])]}),
+        JSON,
+        422,
+        "invalid_input",
+        "input 'X': shape [4611686018427387904, 4] declares more than the 2147483647 elements",
+    ),
+    Row(
+        "v2-bool-in-shape",
+        "breast-cancer",
+        INFER,
+        dumps({"inputs": [v2_tensor(shape=[True, 30])]}),
+        JSON,
+        422,
+        "invalid_input",
+        "input 'X': shape must be a list of non-negative integers",
+    ),
+    Row(
+        "v2-duplicate-input",  # the last one won once
+        "breast-cancer",
+        INFER,
+        dumps({"inputs": [v2_tensor(), v2_tensor(data=[0.0] * 30)]}),
+        JSON,
+        422,
+        "invalid_input",
+        "input 'X' is given more than once",
+    ),
+    Row(
+        "v2-unknown-output",  # ignored once
+        "breast-cancer",
+        INFER,
+        dumps({"inputs": [v2_tensor()], "outputs": [{"name": "nope"}]}),
+        JSON,
+        422,
+        "invalid_input",
+        "unknown output(s) ['nope']",
+    ),
+    Row(
+        "v2-bool-for-float",  # accepted as 1.0 once
+        "breast-cancer",
+        INFER,
+        dumps({"inputs": [v2_tensor(data=[True, *CANCER_ROW[1:]])]}),
+        JSON,
+        422,
+        "invalid_input",
+        "input 'X': true/false given for FP32; send numbers",
+    ),
+    Row("deep-json", "breast-cancer", CANCER, DEEP, JSON, 400, "bad_request", "JSON nested deeper than 64 levels"),
+    Row("deep-json-v2", "breast-cancer", INFER, DEEP, JSON, 400, "bad_request", "JSON nested deeper than 64 levels"),
+    Row(
+        "deep-json-images",
+        "digits",
+        DIGITS,
+        b'{"images": ' + DEEP + b"}",
+        JSON,
+        400,
+        "bad_request",
+        "JSON nested deeper than 64 levels of arrays and objects; flatten the document",
+    ),
     Row("nan", "breast-cancer", CANCER, with_first("NaN"), JSON, 422, "invalid_input", "NaN and Infinity"),
     Row("infinity", "breast-cancer", CANCER, with_first("-Infinity"), JSON, 422, "invalid_input", "NaN and Infinity"),
     Row("float-overflow", "breast-cancer", CANCER, with_first("1e39"), JSON, 422, "invalid_input", "overflow float32"),
@@ -202,6 +285,16 @@ ROWS = [
         400,
         "bad_request",
         "image could not be decoded",
+    ),
+    Row(
+        "image-bomb-header",  # Pillow's DecompressionBombError escaped the codec once: a 500
+        "digits",
+        DIGITS,
+        png_header(20000, 20000),
+        "image/png",
+        413,
+        "payload_too_large",
+        "the image declares more than 179.0 megapixels; this function decodes at most 40.0 megapixels",
     ),
     Row(
         "invalid-base64",
@@ -479,6 +572,71 @@ def test_image_rows_through_rest_api_with_base64_bodies(deployed: Callable[[str]
     assert good.status == 200 and json.loads(good.text)["label"] == digit
     row = next(r for r in ROWS if r.id == "corrupt-image")
     check(row, lambda_answer(rest_api_event(row.path, "image/png", row.payload(LIMITS["lambda"]))))
+
+
+@pytest.mark.parametrize("row_id", ["deep-json", "deep-json-images", "image-bomb-header"])
+def test_hostile_bodies_through_rest_api_with_base64_bodies(deployed: Callable[[str], None], row_id: str) -> None:
+    """API Gateway REST (v1) carries the same hostile bodies base64-encoded: the same answers."""
+    row = next(r for r in ROWS if r.id == row_id)
+    deployed(row.function)
+    check(row, lambda_answer(rest_api_event(row.path, row.content_type or JSON, row.payload(LIMITS["lambda"]))))
+
+
+MEASURE_LAMBDA = """
+import json, resource, sys, time
+from handlers import aws_lambda
+from handlers.local.aws import LocalContext
+
+warm, event = (json.loads(open(path).read()) for path in sys.argv[1:3])
+assert aws_lambda.handler(warm, LocalContext("digits"))["statusCode"] == 200  # model loaded, codecs imported
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+response = aws_lambda.handler(event, LocalContext("digits"))
+seconds = time.perf_counter() - started
+growth_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"status": response["statusCode"], "body": response["body"], "growth_kb": growth_kb,
+                  "peak_before_kb": before, "seconds": seconds}))
+"""
+
+
+@pytest.mark.slow
+def test_a_huge_one_colour_png_through_the_lambda_handler_is_refused_with_flat_memory(tmp_path: Path) -> None:
+    """The 13300 x 13300 one-colour PNG (a few hundred KB, 177 megapixels) on an HTTP API event to
+    digits: once decoded whole (peak RSS 61 -> 910 MB, 15 s, on a 1 GB function), now refused from
+    its header. Measured in a fresh interpreter, after a real digit has loaded the model."""
+    import subprocess
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (13300, 13300), 255).save(buffer, "PNG", optimize=True)
+    png = buffer.getvalue()
+    assert len(png) < 1 * MB
+    (tmp_path / "warm.json").write_text(json.dumps(http_api_event(DIGITS, "image/png", _digit_png(7)[0])))
+    (tmp_path / "huge.json").write_text(json.dumps(http_api_event(DIGITS, "image/png", png)))
+    env = {**os.environ, "MODELFN_FUNCTIONS_DIR": str(FUNCTIONS), "MODELFN_FUNCTION": "digits"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("MODELFN_API_KEY", None)
+    run = subprocess.run(
+        [sys.executable, "-c", MEASURE_LAMBDA, str(tmp_path / "warm.json"), str(tmp_path / "huge.json")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    assert measured["status"] == 413, measured
+    assert json.loads(measured["body"]) == {
+        "error": "the image is 13300x13300 (176.9 megapixels); this function decodes at most 40.0 megapixels "
+        "per request (io.image.max_pixels)",
+        "code": "payload_too_large",
+        "detail": {"pixels": 13300 * 13300, "max_pixels": 40_000_000},
+    }
+    assert measured["growth_kb"] < 100 * 1024, measured  # decoding it took 850 MB more
+    assert measured["seconds"] < 2.0, measured
+    print(f"13300x13300 PNG ({len(png)} bytes) through the Lambda handler: {measured}")
 
 
 def test_body_limits_are_capped_at_each_platforms_limit(
