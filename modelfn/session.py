@@ -151,9 +151,27 @@ def synthetic_feeds(inputs: list[TensorInfo]) -> dict[str, np.ndarray]:
 def warm_up(session: ort.InferenceSession, inputs: list[TensorInfo]) -> bool:
     """Run once so the first request does not pay for lazy allocations; a model whose
     synthetic input is invalid (say, token ids that must be positive) is still served."""
+    import onnxruntime as ort
+
+    # ONNX Runtime logs a failed run in red on stderr before raising; here a failure is expected
+    # and harmless, so its log is raised to fatal-only for this one run.
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
     try:
-        session.run(None, synthetic_feeds(inputs))
+        session.run(None, synthetic_feeds(inputs), quiet)
         return True
     except Exception as exc:  # warm-up is an optimisation, never a reason to refuse service
-        log.info("warm-up run skipped: %s", exc)
+        log.info(
+            "warm-up skipped: the model refuses a synthetic input (zeros, dynamic axes of 1): %s; "
+            "requests are served as usual, the first one pays for the lazy allocations",
+            _reason(exc),
+        )
         return False
+
+
+def _reason(exc: Exception) -> str:
+    """ONNX Runtime's own words from one of its errors, on one line."""
+    text = str(exc)
+    if "Status Message: " in text:
+        text = text.split("Status Message: ", 1)[1]
+    return " ".join(text.split())

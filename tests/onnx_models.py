@@ -57,3 +57,13 @@ def function_folder(root: Path, name: str, model: onnx.ModelProto, extra_toml: s
     save(model, folder / "model.onnx")
     (folder / "function.toml").write_text(f'name = "{name}"\n{extra_toml}\n[model]\nsource = "model.onnx"\n')
     return folder
+
+
+def reflect_pad() -> onnx.ModelProto:
+    """y = x reflect-padded by one on both sides of axis 1: fine for real rows, but the warm-up's
+    synthetic input (dynamic axes of 1) is too short to reflect, so ONNX Runtime refuses it."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "m"])
+    pads = helper.make_tensor("pads", TensorProto.INT64, [4], [0, 1, 0, 1])
+    node = helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect")
+    return _model(helper.make_graph([node], "reflect_pad", [x], [y], initializer=[pads]))
