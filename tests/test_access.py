@@ -47,8 +47,32 @@ GUARDED = [
     ("POST", "/functions/no-such-function", {"X": ROW}),
     ("GET", "/no/such/route", None),
     ("DELETE", "/functions/breast-cancer", None),
+    # trailing slashes, the documentation and paths no route has: 401 too, never a redirect or a 404
+    ("POST", "/functions/breast-cancer/", {"X": ROW}),
+    ("POST", "/v2/models/breast-cancer/infer/", OIP),
+    ("POST", "/v2/models/breast-cancer/versions/1/infer/", OIP),
+    ("GET", "/v2/models/breast-cancer/", None),
+    ("GET", "/v2/models/breast-cancer/ready/", None),
+    ("GET", "/v2/", None),
+    ("GET", "/functions/", None),
+    ("GET", "//", None),
+    ("GET", "/docs", None),
+    ("GET", "/docs/", None),
+    ("GET", "/docs/oauth2-redirect/", None),
+    ("GET", "/docs/swagger-ui.css", None),
+    ("GET", "/openapi.json", None),
+    ("GET", "/openapi.json/", None),
+    ("GET", "/no/such/route/", None),
+    ("GET", "/v2/health", None),
+    ("GET", "/favicon.ico", None),
+    ("OPTIONS", "/functions/breast-cancer", None),
 ]
-PUBLIC = [("GET", "/v2/health/live"), ("GET", "/v2/health/ready")]
+PUBLIC = [
+    ("GET", "/v2/health/live"),
+    ("GET", "/v2/health/ready"),
+    ("GET", "/v2/health/live/"),
+    ("GET", "/v2/health/ready/"),
+]
 
 
 @pytest.fixture(scope="module")
