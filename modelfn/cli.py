@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modelfn.errors import ModelfnError
+from modelfn.errors import BadRequest, ModelfnError, ModelUnavailable
+from modelfn.extras import missing_extra
 
 PROVIDERS = ("aws", "gcp", "azure")
 
@@ -36,52 +37,121 @@ def _functions_dir(args: argparse.Namespace) -> Path | None:
     return Path(args.functions_dir) if args.functions_dir else None
 
 
+def _app(functions_dir: Path | None, names: list[str] | None, max_body_mb: float | None, base: str) -> Any:
+    """The app `modelfn serve` runs; what it serves is listed on stderr."""
+    from modelfn.asgi import create_app
+    from modelfn.registry import Registry
+    from modelfn.spec import not_built
+
+    registry = Registry.from_dir(functions_dir, names, progress=_progress())
+    app = create_app(registry, max_body_mb=max_body_mb)
+    print(f"modelfn serving {len(registry.specs)} function(s) on {base}  (docs: {base}/docs)", file=sys.stderr)
+    for name, spec in registry.specs.items():
+        print(f"  POST {base}/functions/{name}    POST {base}/v2/models/{name}/infer", file=sys.stderr)
+        hint = not_built(spec)
+        if hint:
+            print(f"    {name} is {hint}; until then it answers 503", file=sys.stderr)
+    return app
+
+
+def reloading_app() -> Any:
+    """`serve --reload`: uvicorn imports this factory in every fresh server process, so what to
+    serve comes through the environment that `cmd_serve` set."""
+    names = [n for n in os.environ.get("MODELFN_SERVE_NAMES", "").split(",") if n]
+    return _app(None, names or None, None, os.environ.get("MODELFN_SERVE_URL", ""))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from handlers.cloud_run import create_app
-    from modelfn.registry import Registry
-
-    registry = Registry.from_dir(_functions_dir(args), args.names or None, progress=_progress())
-    app = create_app(registry, max_body_mb=args.max_body_mb)
     base = f"http://{args.host}:{args.port}"
-    print(f"modelfn serving {len(registry.specs)} function(s) on {base}  (docs: {base}/docs)", file=sys.stderr)
-    for name in registry.specs:
-        print(f"  POST {base}/functions/{name}    POST {base}/v2/models/{name}/infer", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    if not args.reload:
+        app = _app(_functions_dir(args), args.names or None, args.max_body_mb, base)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+
+    import handlers
+    import modelfn
+    from modelfn.registry import Registry
+    from modelfn.spec import functions_dir
+
+    folder = (_functions_dir(args) or functions_dir()).resolve()
+    Registry.from_dir(folder, args.names or None)  # unknown names fail here, once, not in every reload
+    os.environ.update(
+        {"MODELFN_FUNCTIONS_DIR": str(folder), "MODELFN_SERVE_NAMES": ",".join(args.names), "MODELFN_SERVE_URL": base}
+    )
+    if args.max_body_mb:
+        os.environ["MODELFN_MAX_BODY_MB"] = str(args.max_body_mb)
+    code = [str(Path(path).resolve()) for package in (modelfn, handlers) for path in package.__path__]
+    uvicorn.run(
+        "modelfn.cli:reloading_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        reload=True,
+        reload_dirs=[str(folder), *code],
+        reload_includes=["*.py", "*.toml", "*.onnx", "*.json"],
+    )
     return 0
 
 
-def _read_json_arg(value: str) -> Any:
-    text = Path(value[1:]).read_text() if value.startswith("@") else value
-    return json.loads(text)
+def _json_text(text: str, what: str, hint: str = "") -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"{what} is not JSON ({exc}){hint}") from None
+
+
+def _json_file(path: str, what: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadRequest(f"{what}: no such file {path}") from None
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"{what}: cannot read {path}: {exc}") from None
+    return _json_text(text, f"{what} {path}")
+
+
+def _data_arg(value: str) -> Any:
+    """`--data JSON` or `--data @FILE`."""
+    if value.startswith("@"):
+        return _json_file(value[1:], "--data")
+    return _json_text(value, "--data", ": give a JSON document, or @FILE to read one from a file")
+
+
+def _local_invoke(provider: str, name: str, event: Any) -> Any:
+    """Run one provider's handler on an event in this process (`invoke --event`)."""
+    import importlib
+
+    adapters = {"aws": "handlers.local.aws", "gcp": "handlers.local.gcp", "azure": "handlers.local.azure"}
+    return importlib.import_module(adapters[provider]).local_invoke(name, event)
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
     if args.event:
-        import importlib
-
-        module = importlib.import_module(
-            {"aws": "handlers.aws_lambda", "gcp": "handlers.gcp_functions", "azure": "handlers.azure_functions"}[
-                args.provider
-            ]
-        )
+        event = _json_file(args.event, "--event")
         if args.functions_dir:
             os.environ["MODELFN_FUNCTIONS_DIR"] = args.functions_dir
-        result = module.local_invoke(args.name, _read_json_arg("@" + args.event))
+        result = _local_invoke(args.provider or "aws", args.name, event)
     else:
         from modelfn.registry import Registry
+        from modelfn.spec import not_built
 
-        if args.data is None:
-            raise SystemExit("modelfn invoke: give --data JSON (or @file) or --event FILE")
-        fn = Registry.from_dir(_functions_dir(args), [args.name], progress=_progress()).load(args.name)
-        result = fn.predict(payload=_read_json_arg(args.data))
+        if args.provider:
+            raise BadRequest("--provider goes with --event; --data runs the function in-process on no provider")
+        payload = _data_arg(args.data)
+        registry = Registry.from_dir(_functions_dir(args), [args.name], progress=_progress())
+        hint = not_built(registry.specs[args.name])
+        if hint:
+            raise ModelUnavailable(f"{args.name} is {hint}")
+        result = registry.load(args.name).predict(payload=payload)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from modelfn.spec import discover, load_spec
+    from modelfn.spec import discover, load_spec, not_built
 
     for name, path in discover(_functions_dir(args)).items():
         try:
@@ -94,24 +164,33 @@ def cmd_list(args: argparse.Namespace) -> int:
             for t in ("http", "s3", "sqs", "sns", "eventbridge", "pubsub", "gcs", "blob", "queue")
             if getattr(spec.triggers, t)
         ]
-        print(f"{name:24} {spec.io.codec:8} {spec.runtime.accelerator:4} {spec.model.source:40} {','.join(triggers)}")
+        line = f"{name:24} {spec.io.codec:8} {spec.runtime.accelerator:4} {spec.model.source:40} {','.join(triggers)}"
+        hint = not_built(spec)
+        print(f"{line}  ({hint})" if hint else line)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 1 on a real problem; a model not built yet is a SKIP line, so a fresh clone passes."""
     from modelfn.function import ModelFunction
-    from modelfn.spec import discover, load_spec
+    from modelfn.spec import discover, load_spec, not_built
 
     found = discover(_functions_dir(args))
     names = args.names or list(found)
-    problems = 0
+    problems = skipped = 0
     for name in names:
         if name not in found:
             print(f"FAIL {name}: no functions/{name}/function.toml")
             problems += 1
             continue
         try:
-            fn = ModelFunction(load_spec(found[name]), progress=_progress())
+            spec = load_spec(found[name])
+            hint = not_built(spec)
+            if hint:
+                print(f"SKIP {name}: {hint}")
+                skipped += 1
+                continue
+            fn = ModelFunction(spec, progress=_progress())
         except ModelfnError as exc:
             print(f"FAIL {name}: {exc.message}")
             problems += 1
@@ -121,7 +200,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             for t in tensors:
                 d = t.describe()
                 print(f"       {kind} {d['name']:20} {d['datatype']:6} {d['shape']}")
-    print(f"{len(names) - problems} of {len(names)} function(s) ok")
+    unbuilt = f", {skipped} not built yet" if skipped else ""
+    print(f"{len(names) - problems - skipped} of {len(names)} function(s) ok{unbuilt}")
     return 1 if problems else 0
 
 
@@ -146,34 +226,40 @@ def cmd_layer(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    functions_help = "folder of function folders (default: $MODELFN_FUNCTIONS_DIR or ./functions)"
     root = argparse.ArgumentParser(prog="modelfn", description="Serve ONNX models as serverless functions.")
-    root.add_argument(
-        "--functions-dir", help="folder of function folders (default: $MODELFN_FUNCTIONS_DIR or ./functions)"
-    )
+    root.add_argument("--functions-dir", help=functions_help)
+    # the same option after the subcommand; SUPPRESS keeps a value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--functions-dir", default=argparse.SUPPRESS, help=functions_help)
     sub = root.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve functions over HTTP locally (the Cloud Run app)")
+    serve = sub.add_parser("serve", parents=[common], help="serve functions over HTTP locally (the Cloud Run app)")
     serve.add_argument("names", nargs="*", help="functions to serve (default: all)")
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     serve.add_argument("--max-body-mb", type=float, default=None, help="largest accepted request body")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--reload", action="store_true", help="restart on changes to the functions and the code")
     serve.set_defaults(run=cmd_serve)
 
-    invoke = sub.add_parser("invoke", help="run one prediction in-process, or a provider handler on an event file")
+    invoke = sub.add_parser(
+        "invoke", parents=[common], help="run one prediction in-process, or a provider handler on an event file"
+    )
     invoke.add_argument("name")
-    invoke.add_argument("--data", help="JSON payload, or @file")
-    invoke.add_argument("--event", help="event file to pass to the provider's handler (e.g. events/aws/sqs.json)")
-    invoke.add_argument("--provider", choices=PROVIDERS, default="aws")
+    given = invoke.add_mutually_exclusive_group(required=True)
+    given.add_argument("--data", help="JSON payload, or @file")
+    given.add_argument("--event", help="event file to pass to the provider's handler (e.g. events/aws/sqs.json)")
+    invoke.add_argument("--provider", choices=PROVIDERS, help="with --event: whose handler runs it (default: aws)")
     invoke.set_defaults(run=cmd_invoke)
 
-    sub.add_parser("list", help="list the functions found").set_defaults(run=cmd_list)
+    sub.add_parser("list", parents=[common], help="list the functions found").set_defaults(run=cmd_list)
 
-    check = sub.add_parser("check", help="validate specs, load models, print signatures")
+    check = sub.add_parser("check", parents=[common], help="validate specs, load models, print signatures")
     check.add_argument("names", nargs="*")
     check.set_defaults(run=cmd_check)
 
-    plan = sub.add_parser("plan", help="where each function lands on each provider, and why")
+    plan = sub.add_parser("plan", parents=[common], help="where each function lands on each provider, and why")
     plan.add_argument("names", nargs="*")
     plan.add_argument("--provider", choices=PROVIDERS)
     plan.add_argument("--out", help="write the deployable configuration here")
@@ -181,7 +267,7 @@ def parser() -> argparse.ArgumentParser:
     plan.set_defaults(run=cmd_plan)
 
     optimize = sub.add_parser(
-        "optimize", help="a smaller, faster model, switched to only when it passes the accuracy guard"
+        "optimize", parents=[common], help="a smaller, faster model, switched to only when it passes the accuracy guard"
     )
     optimize.add_argument("name")
     optimize.add_argument("--data", help="sample requests, one JSON payload per line (default: samples.jsonl)")
@@ -212,6 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except ModelfnError as exc:
         print(f"modelfn: {exc.message}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        print(f"modelfn {args.command}: {missing.message}", file=sys.stderr)
         return 2
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfn.errors import ModelUnavailable
+from modelfn.extras import missing_extra
 from modelfn.spec import FunctionSpec
 
 
@@ -32,7 +33,9 @@ def resolve_hook(spec: FunctionSpec, ref: str | None) -> Callable[..., Any] | No
             loader_spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[qualified]
-            raise ModelUnavailable(f"{spec.name}: hook module {path.name} failed to import: {exc}") from exc
+            missing = missing_extra(exc, path.name) if isinstance(exc, ImportError) else None
+            reason = missing.message if missing else str(exc)
+            raise ModelUnavailable(f"{spec.name}: hook module {path.name} failed to import: {reason}") from exc
     hook = getattr(module, attr, None)
     if not callable(hook):
         raise ModelUnavailable(f"{spec.name}: {path.name} has no function {attr!r}")

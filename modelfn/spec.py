@@ -384,3 +384,20 @@ def discover(root: Path | None = None) -> dict[str, Path]:
 
 def load_all(root: Path | None = None) -> list[FunctionSpec]:
     return [load_spec(path) for path in discover(root).values()]
+
+
+# Scripts beside function.toml that make a model which is not committed (it is too large, or trained).
+BUILD_SCRIPTS = ("build.py", "train.py")
+
+
+def not_built(spec: FunctionSpec) -> str | None:
+    """`not built yet: run python <script>` for a local model file that is missing while a build
+    script sits beside function.toml; None when the model is there, remote, or has no script."""
+    if "://" in spec.model.source or (spec.folder / spec.model.source).is_file():
+        return None
+    for script in BUILD_SCRIPTS:
+        path = spec.folder / script
+        if path.is_file():
+            shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+            return f"not built yet: run python {shown}"
+    return None
