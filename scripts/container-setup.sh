@@ -4,23 +4,37 @@
 #
 #   sudo scripts/container-setup.sh            # installs podman, buildah, runc, debootstrap; builds the base
 #   MODELFN_BASE_IMAGE=localhost/x scripts/container-setup.sh
+#   scripts/container-setup.sh --mirror       # prints the Debian mirror it would use, and exits
 #
 # Idempotent: a second run finds the tools, the configuration and the image and does nothing.
 # The image is what `podman build --build-arg BASE_IMAGE=localhost/modelfn-base:bookworm` needs.
-set -euo pipefail
+set -Eeuo pipefail
+
+say() { echo "container-setup: $*" >&2; }
+# Never exit without saying why (the container tests show this line as their skip reason).
+trap 'say "failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 BASE_IMAGE="${MODELFN_BASE_IMAGE:-localhost/modelfn-base:bookworm}"
 SUITE="${MODELFN_BASE_SUITE:-bookworm}"
-# The Debian mirror this machine's apt already uses (deb822 "URIs:" or one-line "deb URL" sources).
+APT_DIR="${MODELFN_APT_DIR:-/etc/apt}"
+# The Debian mirror this machine's apt already uses: deb822 sources ("URIs:" in
+# sources.list.d/*.sources, all that Debian 12 images have) or one-line "deb [options] URL" lines.
+# A missing file is normal for either form, so no grep here may fail the script.
 apt_mirror() {
-    { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
-      grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
-    } | grep -v -- '-security' | head -n 1
+    {
+        cat "$APT_DIR"/sources.list.d/*.sources 2>/dev/null | awk '$1 == "URIs:" {for (i = 2; i <= NF; i++) print $i}' || true
+        cat "$APT_DIR"/sources.list "$APT_DIR"/sources.list.d/*.list 2>/dev/null \
+            | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^(https?|ftp|file):/) {print $i; break}}' || true
+    } | awk '!/-security/ && !found {print; found = 1}'
 }
 MIRROR="${MODELFN_DEBIAN_MIRROR:-$(apt_mirror)}"
 CONF=/etc/containers/containers.conf
 
-say() { echo "container-setup: $*" >&2; }
+if [ "${1:-}" = "--mirror" ]; then
+    [ -n "$MIRROR" ] || { say "no Debian mirror in $APT_DIR (sources.list, sources.list.d/*.sources or *.list): set MODELFN_DEBIAN_MIRROR"; exit 1; }
+    echo "$MIRROR"
+    exit 0
+fi
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
@@ -72,7 +86,7 @@ build_base() {
         return 0
     fi
     need_root "debootstrap a base image"
-    [ -n "$MIRROR" ] || { say "no Debian mirror in this machine's apt sources: set MODELFN_DEBIAN_MIRROR"; exit 1; }
+    [ -n "$MIRROR" ] || { say "no Debian mirror in $APT_DIR (sources.list, sources.list.d/*.sources or *.list): set MODELFN_DEBIAN_MIRROR"; exit 1; }
     ROOTFS="$(mktemp -d /tmp/modelfn-base.XXXXXX)"
     trap 'rm -rf "$ROOTFS"' EXIT
     say "debootstrap $SUITE (python3, venv, pip) into $ROOTFS (a few minutes)"

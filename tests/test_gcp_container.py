@@ -65,10 +65,13 @@ def base_image() -> str:
             pytest.skip("podman or the base image is missing; run `sudo scripts/container-setup.sh` first")
         setup = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=1500)
         if setup.returncode != 0:
-            pytest.skip(f"scripts/container-setup.sh could not prepare podman here: {setup.stderr[-600:]}")
+            said = (setup.stderr.strip() or setup.stdout.strip() or "(it printed nothing)")[-600:]
+            pytest.skip(f"scripts/container-setup.sh could not prepare podman here (exit {setup.returncode}): {said}")
     info = podman("info", timeout=120)
     if info.returncode != 0:
-        pytest.skip(f"podman cannot run here: {info.stderr.strip()[-400:]}")
+        pytest.skip(
+            f"podman cannot run here (exit {info.returncode}): {(info.stderr.strip() or info.stdout.strip())[-400:]}"
+        )
     return BASE_IMAGE
 
 
