@@ -19,16 +19,24 @@ from typing import Any
 
 import numpy as np
 
-_LONG_NUMBER = re.compile(rb"\d{19}")
-try:
-    import orjson as _orjson  # the `server` extra: where concurrent requests wait on each parse
-except ImportError:  # pragma: no cover - the standard parser alone
-    _orjson = None  # type: ignore[assignment]
-
 from modelfn.errors import BadRequest, InferenceError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelfn.session import TensorInfo
 from modelfn.spec import IOSpec
 from modelfn.tensors import coerce, coerce_item, to_json
+
+_LONG_NUMBER = re.compile(rb"\d{19}")
+FAST_PARSE_BYTES = 64 * 1024
+"""Bodies from this size are parsed with orjson where it is installed (the `server` extra)."""
+
+
+@cache
+def _orjson() -> Any:
+    try:
+        import orjson
+    except ImportError:
+        return None
+    return orjson
+
 
 Feeds = dict[str, np.ndarray]
 JSON_TYPES = ("application/json", "text/json")
@@ -92,12 +100,13 @@ def parse_json(body: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     raw = body.encode("utf-8", "replace") if isinstance(body, str) else body
     if nested_deeper_than(raw, max_depth):
         raise BadRequest(f"JSON nested deeper than {max_depth} levels of arrays and objects; flatten the document")
-    if _orjson is not None and _LONG_NUMBER.search(raw) is None:
+    fast = _orjson() if len(raw) >= FAST_PARSE_BYTES else None
+    if fast is not None and _LONG_NUMBER.search(raw) is None:
         # 2-3x faster, so a large body holds the GIL (and the server's event loop) that much
         # less; what it refuses (NaN tokens, bad input) the standard parser decides and words.
         # Not for integers past 64 bits, which it would turn into floats: those are refused exactly.
-        with contextlib.suppress(_orjson.JSONDecodeError):
-            return _orjson.loads(body)
+        with contextlib.suppress(fast.JSONDecodeError):
+            return fast.loads(body)
     try:
         return json.loads(body)
     except UnicodeDecodeError as exc:

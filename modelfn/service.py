@@ -8,13 +8,11 @@ and keeps large bodies' decoding and encoding off the event loop (the ASGI serve
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from modelfn import __version__, protocol
@@ -25,6 +23,8 @@ from modelfn.registry import Registry
 from modelfn.routes import ROUTES, Route, match
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from modelfn.batching import MicroBatcher
     from modelfn.function import ModelFunction, Outputs
 
@@ -108,6 +108,8 @@ class Service:
         self, request: HttpRequest, admitted: tuple[Route, dict[str, str]] | None = None
     ) -> HttpResponse:
         """One request on an event loop: batched inference, large bodies off the loop."""
+        import asyncio  # here, not at import: the sync driver (Lambda's cold start) never pays for it
+
         try:
             route, params = admitted or self.admit(request.method, request.path, request.headers)
             operation = getattr(self, "_" + route.operation)
@@ -143,6 +145,8 @@ class Service:
         return self.registry.load(name)
 
     async def run_batched(self, fn: ModelFunction, decoded: Decoded) -> Outputs:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         if not fn.batchable:
             return await loop.run_in_executor(self.executor, fn.run, decoded.feeds)
@@ -157,6 +161,8 @@ class Service:
     def executor(self) -> ThreadPoolExecutor:
         """Model runs of the async driver; created on first use (the sync driver never needs it)."""
         if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             workers = max(2, len(self.registry.specs))
             self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelfn-run")
         return self._executor

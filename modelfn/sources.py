@@ -10,7 +10,6 @@ import ipaddress
 import logging
 import os
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -187,6 +186,8 @@ def _check_peer(connection: Any) -> None:
     that resolves differently a second time gains nothing."""
     tunnelled = getattr(connection, "_tunnel_host", None)
     if tunnelled:  # through a proxy: the proxy is reached, the model's host is its business
+        import socket  # the download path only: a local model never pays for it
+
         addresses = {info[4][0] for info in socket.getaddrinfo(tunnelled, None)}
     else:
         addresses = {connection.sock.getpeername()[0]}
@@ -308,6 +309,8 @@ def _alive(pid: int, name: str) -> bool:
 
 
 def _host() -> str:
+    import socket
+
     return re.sub(r"[^\w.-]", "_", socket.gethostname())
 
 
