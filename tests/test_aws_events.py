@@ -360,6 +360,54 @@ def test_local_invoke_serves_the_named_function(monkeypatch: pytest.MonkeyPatch,
     assert aws_lambda.current().served == "breast-cancer"
 
 
+def test_local_invoke_keeps_s3_events_inside_the_bucket_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cancer: Any
+) -> None:
+    """Buckets that are paths (absolute, or with `..`) and keys climbing out of the bucket are
+    objects that failed: nothing outside MODELFN_LOCAL_S3 is read or written."""
+    from handlers.aws.s3 import ObjectsFailed
+
+    monkeypatch.setenv("MODELFN_FUNCTION", "")  # recorded, so what local_invoke sets is undone after the test
+    monkeypatch.setenv("MODELFN_LOCAL_S3", str(tmp_path / "s3"))
+    shutil.copytree(EVENTS / "s3", tmp_path / "s3", ignore=shutil.ignore_patterns("predictions"))
+    sample = EVENTS / "s3" / "modelfn-examples" / "incoming" / "sample row.json"
+    (tmp_path / "outside" / "incoming").mkdir(parents=True)
+    shutil.copy(sample, tmp_path / "outside" / "incoming" / "sample row.json")  # a valid row, were it read
+    outside = {p: p.stat().st_mtime_ns for p in (tmp_path / "outside").rglob("*")}
+    template = event("s3-put")["Records"][0]
+
+    def record(bucket: str, key: str) -> dict[str, Any]:
+        one = copy.deepcopy(template)
+        one["s3"]["bucket"]["name"] = bucket
+        one["s3"]["object"]["key"] = key
+        return one
+
+    hostile = [
+        ("/etc", "hostname", "'/etc' is not a valid bucket name"),
+        (str(tmp_path / "outside"), "incoming/sample+row.json", "is not a valid bucket name"),
+        ("../outside", "incoming/sample+row.json", "'../outside' is not a valid bucket name"),
+        ("modelfn-examples", "..%2F..%2Foutside%2Fincoming%2Fsample+row.json", "does not exist"),
+    ]
+    records = [record(bucket, key) for bucket, key, _ in hostile] + [template]
+    with pytest.raises(ObjectsFailed) as raised:
+        local_aws.local_invoke("breast-cancer", {"Records": records})
+    failure = str(raised.value)
+    assert failure.startswith("4 of 5 object(s) failed: ")
+    for bucket, key, why in hostile:
+        source = f"s3://{bucket}/{key.replace('%2F', '/').replace('+', ' ')}"
+        assert f"{source} (ObjectMissing: " in failure, source
+        assert why in failure.split(f"{source} (ObjectMissing: ")[1].split(")")[0], (source, failure)
+    # the valid record was predicted, inside the folder; nothing appeared or changed outside it
+    written = tmp_path / "s3" / "modelfn-examples" / "predictions" / "sample row.json.json"
+    assert json.loads(written.read_text()) == cancer.predict(sample.read_bytes())
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "outside").rglob("*")} == outside
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+        "outside/incoming/sample row.json",
+        "s3/modelfn-examples/incoming/sample row.json",
+        "s3/modelfn-examples/predictions/sample row.json.json",
+    ]
+
+
 # telemetry
 
 
