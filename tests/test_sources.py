@@ -357,6 +357,112 @@ def test_a_presigned_source_that_fails_tells_why_without_its_signature(
             assert secret not in text
 
 
+def _provider_gets(provider: str, paths: list[str], functions: Path, name: str) -> list[tuple[int, str]]:
+    """GET each of `paths`, in turn, on one instance of a provider's HTTP path, deployed as it
+    starts: the local server (models loaded at start), the Lambda handler on HTTP API events, the
+    Cloud Functions HTTP function and the Azure app's HTTP trigger, serving `name` under `functions`."""
+    import json
+
+    answers: list[tuple[int, str]] = []
+    if provider == "local":
+        import httpx
+        from live_server import LiveServer
+
+        from modelfn.asgi import create_app
+
+        with LiveServer(create_app(Registry.from_dir(functions))) as live:
+            for path in paths:
+                answer = httpx.get(f"{live.url}{path}")
+                answers.append((answer.status_code, answer.text))
+    elif provider == "aws":
+        from handlers import aws_lambda
+        from handlers.aws import app
+        from handlers.local.aws import LocalContext
+
+        app.reset()
+        try:
+            for path in paths:
+                event = json.loads((MODEL.parents[2] / "events" / "aws" / "apigw-v2.json").read_text())
+                event.update(rawPath=path, body="", isBase64Encoded=False, headers={})
+                event["requestContext"]["http"].update(method="GET", path=path)
+                response = aws_lambda.handler(event, LocalContext(name))
+                answers.append((int(response["statusCode"]), str(response["body"])))
+        finally:
+            app.reset()
+    elif provider == "gcp":
+        import flask
+
+        from handlers import gcp_functions
+        from handlers.gcp import instance
+
+        instance._services.clear()
+        try:
+            for path in paths:
+                with flask.Flask(__name__).test_request_context(path, method="GET"):
+                    reply = gcp_functions.serve_http(flask.request)
+                answers.append((int(reply.status_code), reply.get_data(as_text=True)))
+        finally:
+            instance._services.clear()
+    else:
+        import azure.functions as func
+
+        from handlers.azure_functions import build_app
+        from handlers.local.azure import close_app, invoke, registered
+
+        azure_app = build_app(name, root=functions, enable=("http",))
+        try:
+            trigger = registered(azure_app, "http")  # the app indexes its functions once
+            for path in paths:
+                url = f"https://{name}.azurewebsites.net{path}"
+                request = func.HttpRequest("GET", url, headers={}, route_params={"path": path.lstrip("/")}, body=b"")
+                response, _ = invoke(trigger, request)
+                answers.append((int(response.status_code), response.get_body().decode()))
+        finally:
+            close_app(azure_app)
+    return answers
+
+
+@pytest.mark.parametrize("provider", ["local", "aws", "gcp", "azure"])
+def test_readiness_names_a_presigned_source_without_its_query_on_every_provider(
+    tmp_path: Path,
+    store: _Store,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    provider: str,
+) -> None:
+    """GET /v2/health/ready is open without the key: a model whose presigned source fails (a
+    loopback store answering 404) is named there with its URL's path, never its signature."""
+    import json
+
+    signed = store.url("/m.onnx") + PRESIGNED.partition("m.onnx")[2]
+    folder = tmp_path / "functions" / "signed"
+    folder.mkdir(parents=True)
+    (folder / "function.toml").write_text(
+        f'name = "signed"\n[model]\nsource = "{signed}"\nsha256 = "{DIGEST}"\n[triggers]\nhttp = true\n'
+    )
+    monkeypatch.setenv("MODELFN_FUNCTIONS_DIR", str(tmp_path / "functions"))
+    monkeypatch.setenv("MODELFN_FUNCTION", "signed")
+    monkeypatch.delenv("MODELFN_API_KEY", raising=False)
+    caplog.set_level(logging.DEBUG)
+    # a model request first: it loads the model where the provider does not load it at start
+    paths = ["/v2/models/signed", "/v2/health/ready"]
+    predicted, (status, text) = _provider_gets(provider, paths, tmp_path / "functions", "signed")
+    assert status == 503, text
+    assert json.loads(text) == {
+        "ready": False,
+        "failed": {
+            "signed": f"function 'signed' is not available: could not fetch model {store.url('/m.onnx')}: "
+            "HTTPError: HTTP Error 404: Not Found"
+        },
+    }
+    assert predicted[0] == 503 and "could not fetch model" in predicted[1]
+    assert any(hit.startswith("/m.onnx?X-Amz-Algorithm=") for hit in store.hits)  # the signed URL was asked
+    seen = "\n".join([text, predicted[1], *(r.getMessage() for r in caplog.records), *capfd.readouterr()])
+    for secret in ("X-Amz", "fe5f80f77d5f", "AKIAIOSFODNN7EXAMPLE", "m.onnx?"):
+        assert secret not in seen, secret
+
+
 def test_the_password_in_a_source_is_sent_as_basic_authentication(store: _Store) -> None:
     store.script["/private.onnx"] = [(200, {}, MODEL.read_bytes())]
     seen: list[str | None] = []
