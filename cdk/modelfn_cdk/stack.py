@@ -16,7 +16,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from modelfn.deploy.layer import check_budget, tree_bytes
-from modelfn.deploy.plan import Placement
+from modelfn.deploy.plan import NOT_BUILT, Placement
 from modelfn.spec import FunctionSpec
 from modelfn_cdk import monitoring, triggers
 from modelfn_cdk.access import allow, s3_arn, s3_uri_parts
@@ -49,14 +49,14 @@ def refusals(spec: FunctionSpec, placement: Placement, schedules: Sequence[Provi
     an image, too large for a zip), and what only the app knows."""
     found = [*spec.deploy.problems()]
     deploy = spec.deploy
-    if placement.target == "unsupported":
-        found.append(placement.reason)
+    if not placement.deployable:
+        found.append(placement.reason)  # unsupported on Lambda, or the model is not built yet
     if deploy.snapstart and deploy.ephemeral_storage_mb > 512:
         found.append(
             "deploy.ephemeral_storage_mb: SnapStart supports at most 512 MB of /tmp; lower it, or drop snapstart"
         )
     local_model = spec.folder / spec.model.source
-    if not urlparse(spec.model.source).scheme and not local_model.is_file():
+    if placement.target != NOT_BUILT and not urlparse(spec.model.source).scheme and not local_model.is_file():
         found.append(f"model.source: {local_model} does not exist; build or copy the model before deploying")
     if schedules and not deploy.provisioned_concurrency_max:
         found.append(

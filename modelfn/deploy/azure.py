@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfn.deploy import dependencies
-from modelfn.deploy.plan import Placement, function_files
+from modelfn.deploy.plan import Placement, function_files, require_built
 from modelfn.spec import FunctionSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +98,7 @@ def _copy_tree(src: Path, dst: Path, spec: FunctionSpec | None = None) -> Path:
 
 
 def write(spec: FunctionSpec, placement: Placement, out_dir: Path) -> list[Path]:
+    require_built(spec)
     app = out_dir / spec.name
     app.mkdir(parents=True, exist_ok=True)
     triggers = [t for t in ("http", "blob", "queue") if getattr(spec.triggers, t) is not None] or ["none"]

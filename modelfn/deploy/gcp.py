@@ -29,7 +29,9 @@ from modelfn.deploy.plan import (
     GPU_MIN_MEMORY_MB,
     GPU_TYPE,
     Placement,
+    batching,
     function_files,
+    require_built,
 )
 from modelfn.spec import FunctionSpec, GcsTrigger, TopicTrigger
 
@@ -101,7 +103,7 @@ def cloud_run_service(
     gpu = placement.target == "cloud-run-gpu"
     size = resources(spec, gpu)
     # CPU always allocated: a GPU requires it, and the micro-batcher's timer runs between requests.
-    always_on = gpu or (spec.batching.enabled and not events)
+    always_on = gpu or (batching(spec)[0] and not events)
     annotations = {
         "autoscaling.knative.dev/minScale": str(spec.deploy.min_instances),
         "autoscaling.knative.dev/maxScale": str(spec.deploy.max_instances),
@@ -298,6 +300,7 @@ def to_yaml(value: Any, indent: int = 0) -> str:
 
 
 def write(spec: FunctionSpec, placement: Placement, out_dir: Path) -> list[Path]:
+    require_built(spec)
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or "PROJECT_ID"
     region = os.environ.get("GOOGLE_CLOUD_REGION") or "us-central1"
     folder = out_dir / spec.name

@@ -6,12 +6,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from modelfn.spec import FunctionSpec
+from modelfn.errors import ModelUnavailable
+from modelfn.spec import FunctionSpec, not_built
+
+if TYPE_CHECKING:
+    from modelfn.session import TensorInfo
 
 MB = 1024 * 1024
 LAMBDA_UNZIPPED_LIMIT = 250 * MB
@@ -27,6 +33,9 @@ PROVIDERS = ("aws", "gcp", "azure")
 EVENT_TRIGGERS = {"aws": ("s3", "sqs", "sns", "eventbridge"), "gcp": ("pubsub", "gcs"), "azure": ("blob", "queue")}
 # modules that write a provider's deployable configuration: write(spec, placement, out_dir) -> list[Path]
 WRITERS = {"gcp": "modelfn.deploy.gcp", "azure": "modelfn.deploy.azure"}
+REMOTE_SCHEMES = ("s3", "gs", "http", "https")
+# The target of a function whose model file is not there yet: nothing can be sized or written.
+NOT_BUILT = "not-built"
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,7 @@ class Placement:
 
     @property
     def deployable(self) -> bool:
-        return self.target != "unsupported"
+        return self.target not in ("unsupported", NOT_BUILT)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -55,7 +64,7 @@ def code_bytes() -> int:
 def model_bytes(spec: FunctionSpec) -> int:
     """Bytes the model adds to the package: a local file ships with the function folder;
     a remote one is fetched into /tmp at init and counts against ephemeral storage instead."""
-    if urlparse(spec.model.source).scheme in ("s3", "gs", "http", "https"):
+    if urlparse(spec.model.source).scheme in REMOTE_SCHEMES:
         return 0
     return folder_bytes(spec.folder) - sum(p.stat().st_size for p in left_behind(spec))
 
@@ -74,6 +83,73 @@ def function_files(spec: FunctionSpec) -> Callable[[str, list[str]], set[str]]:
     """A `shutil.copytree` ignore for the function folder: leaves out `left_behind` models."""
     unused = {p.resolve() for p in left_behind(spec)}
     return lambda folder, names: {n for n in names if (Path(folder) / n).resolve() in unused}
+
+
+def unbuilt(spec: FunctionSpec) -> str | None:
+    """Why a function cannot be planned yet: its local model file is not there (with the
+    command that builds it where a build script sits beside function.toml); None if it is."""
+    if urlparse(spec.model.source).scheme in REMOTE_SCHEMES or (spec.folder / spec.model.source).is_file():
+        return None
+    return not_built(spec) or f"{spec.folder / spec.model.source} does not exist; build or copy the model there"
+
+
+def require_built(spec: FunctionSpec) -> None:
+    """What a writer checks first: a bundle without its model deploys, then fails at every start."""
+    why = unbuilt(spec)
+    if why:
+        raise ModelUnavailable(f"{spec.name}: {why}; no bundle written")
+
+
+def batching(spec: FunctionSpec) -> tuple[bool, str]:
+    """Whether the server micro-batches this function, by the rule of `ModelFunction.batchable`
+    (batching on, and every input and output with a dynamic first axis) read from the graph
+    without loading it for inference, and if not, why. A remote model not in the cache here is
+    taken at its spec's word."""
+    if not spec.batching.enabled:
+        return False, "batching is off"
+    source = spec.model.source
+    if urlparse(source).scheme in REMOTE_SCHEMES:
+        from modelfn.sources import cached_path
+
+        path = cached_path(source)
+    else:
+        path = spec.folder / source
+    if not path.is_file():
+        return True, ""
+    fixed = [t.name for t in graph_tensors(path) if not t.batched]
+    if fixed:
+        return False, f"{', '.join(repr(n) for n in fixed)} without a dynamic first axis"
+    return True, ""
+
+
+def graph_tensors(path: Path) -> list[TensorInfo]:
+    """The graph's inputs and outputs as `modelfn check` sees them: parsed with the `onnx`
+    package where it is installed, else (or where a value declares no shape, which ONNX
+    Runtime infers) from an ONNX Runtime session's metadata."""
+    from modelfn.session import TensorInfo, signature
+
+    try:
+        import onnx
+    except ImportError:
+        pass
+    else:
+        graph = onnx.load(str(path), load_external_data=False).graph
+        initialisers = {i.name for i in graph.initializer}
+        values = [v for v in graph.input if v.name not in initialisers] + list(graph.output)
+        if all(v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape") for v in values):
+            # the dtype plays no part in batching; only the shape is read
+            return [TensorInfo(v.name, "", _shape(v.type.tensor_type.shape)) for v in values]
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    inputs, outputs = signature(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+    return [*inputs, *outputs]
+
+
+def _shape(shape: Any) -> tuple[int | None, ...]:
+    """Fixed sizes as ints and every other axis as None, as `modelfn.session` reads them."""
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in shape.dim)
 
 
 def _aws(spec: FunctionSpec) -> Placement:
@@ -154,7 +230,8 @@ def _gcp(spec: FunctionSpec) -> Placement:
             f"code + model = {total / MB:.0f} MB, over Cloud Functions' 500 MB source limit: "
             f"Cloud Run container{via_eventarc}",
         )
-    if spec.triggers.http is not None and spec.batching.enabled:
+    batches, unbatched = batching(spec)
+    if spec.triggers.http is not None and batches:
         to_functions = f"; {' and '.join(events)} events go to Cloud Functions" if events else ""
         return run(
             "cloud-run",
@@ -162,10 +239,11 @@ def _gcp(spec: FunctionSpec) -> Placement:
             f"{spec.deploy.concurrency} and CPU always allocated{to_functions}",
         )
     served = ["http"] * (spec.triggers.http is not None) + events
+    unbatched = f" (no micro-batching: {unbatched})" if spec.triggers.http is not None and unbatched else ""
     return run(
         "cloud-functions",
         f"CPU model, code + model = {total / MB:.1f} MB within Cloud Functions' limits: "
-        f"2nd gen function for {', '.join(served) or 'no trigger'}",
+        f"2nd gen function for {', '.join(served) or 'no trigger'}{unbatched}",
     )
 
 
@@ -183,6 +261,9 @@ def _azure(spec: FunctionSpec) -> Placement:
 
 
 def place(spec: FunctionSpec, provider: str) -> Placement:
+    why = unbuilt(spec)
+    if why:
+        return Placement(spec.name, provider, NOT_BUILT, why)
     return {"aws": _aws, "gcp": _gcp, "azure": _azure}[provider](spec)
 
 
@@ -217,8 +298,13 @@ def main(args: argparse.Namespace) -> int:
             return 2
         writer = importlib.import_module(WRITERS[args.provider])
         by_name = {s.name: s for s in specs}
+        refused = 0
         for p in placements:
-            if p.deployable:
+            if p.target == NOT_BUILT:
+                print(f"modelfn plan: {p.function}: {p.reason}; no {p.provider} bundle written", file=sys.stderr)
+                refused += 1
+            elif p.deployable:
                 for path in writer.write(by_name[p.function], p, Path(args.out)):
                     print(f"wrote {path}")
+        return 1 if refused else 0
     return 0
