@@ -217,12 +217,24 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return optimize.main(args)
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from modelfn.batch import command
+
+    return command.main(args)
+
+
 def cmd_layer(args: argparse.Namespace) -> int:
     from modelfn.deploy.layer import build_layer
 
     report = build_layer(args.python, args.arch, Path(args.out), force=args.force)
     print(report.summary())
     return 0
+
+
+def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    from modelfn.batch.command import add_arguments
+
+    add_arguments(parser)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -280,6 +292,12 @@ def parser() -> argparse.ArgumentParser:
         help="keep a step that passes the guard even if no faster or smaller here",
     )
     optimize.set_defaults(run=cmd_optimize)
+
+    batch = sub.add_parser(
+        "batch", parents=[common], help="score every row and file under a folder or bucket prefix (bulk predictions)"
+    )
+    _add_batch_arguments(batch)
+    batch.set_defaults(run=cmd_batch)
 
     layer = sub.add_parser("layer", help="Lambda layer tools").add_subparsers(dest="layer_command", required=True)
     build = layer.add_parser("build", help="build the slim ONNX Runtime + NumPy layer")
