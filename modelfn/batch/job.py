@@ -70,7 +70,9 @@ class ProgressLine:
     def __init__(self, total_bytes: int, stream: TextIO | None = None, every_s: float = 0.5) -> None:
         self.total = max(total_bytes, 1)
         self.stream = stream if stream is not None else sys.stderr
-        self.every = every_s
+        # on a terminal the line is redrawn in place; into a log file, a line every 10 s
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = every_s if self.tty or every_s == 0 else max(every_s, 10.0)
         self.started = time.monotonic()
         self.shown = 0.0
         self.rows = self.failed = 0
@@ -89,7 +91,7 @@ class ProgressLine:
         failed_text = f" ({failed:,} failed)" if failed else ""
         eta_text = "done" if final else f"ETA {_clock(eta)}" if eta is not None else "ETA --"
         line = f"  {rows:,} rows{failed_text}  {rows / elapsed:,.0f} rows/s  {share:5.1%}  {eta_text}"
-        self.stream.write(f"\r{line:<72}" + ("\n" if final else ""))
+        self.stream.write(f"\r{line:<72}" + ("\n" if final else "") if self.tty else line + "\n")
         self.stream.flush()
         self.drawn = True
 
