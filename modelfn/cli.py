@@ -70,7 +70,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         return 0
 
-    import handlers
     import modelfn
     from modelfn.registry import Registry
     from modelfn.spec import functions_dir
@@ -82,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.max_body_mb:
         os.environ["MODELFN_MAX_BODY_MB"] = str(args.max_body_mb)
-    code = [str(Path(path).resolve()) for package in (modelfn, handlers) for path in package.__path__]
+    package = Path(modelfn.__file__).resolve().parent
+    code = [str(package), str(package.parent / "handlers")]  # the adapters, watched as files: never imported here
     uvicorn.run(
         "modelfn.cli:reloading_app",
         factory=True,
@@ -223,6 +223,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return command.main(args)
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from modelfn.deploy import profile
+    from modelfn.registry import Registry
+
+    fn = Registry.from_dir(_functions_dir(args), [args.name], progress=_progress()).load(args.name)
+    profile.main(fn, Path(args.data), Path(args.out) if args.out else None)
+    return 0
+
+
 def cmd_layer(args: argparse.Namespace) -> int:
     from modelfn.deploy.layer import build_layer
 
@@ -292,6 +301,14 @@ def parser() -> argparse.ArgumentParser:
         help="keep a step that passes the guard even if no faster or smaller here",
     )
     optimize.set_defaults(run=cmd_optimize)
+
+    profile = sub.add_parser(
+        "profile", parents=[common], help="write profile.json: the reference drift is measured against"
+    )
+    profile.add_argument("name")
+    profile.add_argument("--data", required=True, help="requests: JSON Lines, CSV with a header, or an event file")
+    profile.add_argument("--out", help="where to write it (default: [drift].profile beside function.toml)")
+    profile.set_defaults(run=cmd_profile)
 
     batch = sub.add_parser(
         "batch", parents=[common], help="score every row and file under a folder or bucket prefix (bulk predictions)"

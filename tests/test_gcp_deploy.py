@@ -383,7 +383,7 @@ def test_generated_source_folder_runs_under_functions_framework(tmp_path: Path) 
         assert response.status_code == 200
         lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
         results = [line["message"] for line in lines if line["message"].startswith("result of Pub/Sub message")]
-        assert results and '"label": 0' in results[0] and "for scorer" in results[0]
+        assert results and '"label":0' in results[0] and "for scorer" in results[0]
         loaded = [line["message"] for line in lines if line["message"].startswith("loaded scorer")]
         assert loaded  # loaded at instance start, from the vendored function folder
     finally:
