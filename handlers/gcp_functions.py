@@ -110,7 +110,9 @@ def _json_logging() -> None:
 
     class Structured(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
-            return json.dumps({"severity": record.levelname, "message": record.getMessage(), "logger": record.name})
+            line = {"severity": record.levelname, "message": record.getMessage(), "logger": record.name}
+            # numbers a log-based metric reads (a drift window): top-level fields of jsonPayload
+            return json.dumps({**getattr(record, "fields", {}), **line})
 
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(Structured())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -47,6 +48,7 @@ class App:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], normalise(scope["path"])
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        started = time.perf_counter()
         try:
             admitted = self.service.admit(method, path, headers)
             route, params = admitted
@@ -60,6 +62,8 @@ class App:
         else:
             response = await self.service.handle_async(HttpRequest(method, path, headers, body), admitted)
         await respond(send, response, head=method == "HEAD")
+        if self.service.metrics is not None:
+            self.service.metrics.request(method, path, response, time.perf_counter() - started)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -114,4 +118,7 @@ def create_app(
         key=key if key is not None else api_key(),
         max_body_bytes=int(max_body_mb * MB) if max_body_mb else None,
     )
+    from modelfn.metrics import server_metrics
+
+    service.metrics = server_metrics(service)
     return App(service, preload)

@@ -104,6 +104,7 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     ),
+    "Metrics": {"type": "string", "description": "Prometheus text exposition format (text/plain; version=0.0.4)."},
     "Prediction": {
         "type": "object",
         "description": "The function's outputs by name (what its postprocess hook returns, where it has one).",

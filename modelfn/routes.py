@@ -158,6 +158,15 @@ ROUTES: tuple[Route, ...] = (
         success={200: "FunctionList"},
     ),
     Route("GET", "/", "list_functions", tag="functions", summary="The functions served", success={200: "FunctionList"}),
+    Route(
+        "GET",
+        "/metrics",
+        "metrics",
+        tag="monitoring",
+        summary="Prometheus metrics: requests, errors, latency, batches, queue depth, cache, drift",
+        success={200: "Metrics"},
+        errors=(401, 404),
+    ),
     Route("GET", "/openapi.json", "openapi", tag="documentation", summary="This document", success={200: "OpenAPI"}),
     Route("GET", "/docs", "docs", tag="documentation", summary="Swagger UI", success={200: "HTML"}),
     Route(

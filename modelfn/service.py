@@ -19,6 +19,7 @@ from modelfn import __version__, protocol
 from modelfn.codecs import Decoded
 from modelfn.errors import ModelfnError, NotFound
 from modelfn.http import MB, HttpRequest, HttpResponse, check_api_key, check_size, failure
+from modelfn.monitor import Monitor
 from modelfn.registry import Registry
 from modelfn.routes import ROUTES, Route, match
 
@@ -74,6 +75,10 @@ class Service:
         self.batchers: dict[str, MicroBatcher] = {}
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent merged batch sizes, for metrics and tests
         self._executor: ThreadPoolExecutor | None = None
+        self.monitor = Monitor()
+        """Prediction cache and drift counting around each model run, for the functions that ask."""
+        self.metrics: Any = None
+        """The server's Prometheus metrics (`modelfn.metrics.ServerMetrics`), set by `create_app`."""
 
     # -- the calls adapters make -------------------------------------------------------
 
@@ -100,7 +105,7 @@ class Service:
         try:
             route, params = self.admit(request.method, request.path, request.headers)
             outcome = getattr(self, "_" + route.operation)(request, **params)
-            return outcome.run() if isinstance(outcome, Inference) else outcome
+            return self._complete(outcome) if isinstance(outcome, Inference) else outcome
         except Exception as exc:
             return self._failure(exc, request)
 
@@ -120,7 +125,7 @@ class Service:
             outcome = await asyncio.to_thread(operation, request, **params) if heavy else operation(request, **params)
             if not isinstance(outcome, Inference):
                 return outcome  # type: ignore[no-any-return]
-            outputs = await self.run_batched(outcome.fn, outcome.decoded)
+            outputs = await self.outputs_async(outcome.fn, outcome.decoded)
             if heavy:
                 return await asyncio.to_thread(_finished, outcome, outputs)
             return outcome.finish(outputs)  # type: ignore[no-any-return]
@@ -135,14 +140,29 @@ class Service:
         if body is not None:
             check_size(body, self.limit(name))
         decoded = fn.decode(body, content_type, payload)
-        return fn.encode(fn.run(decoded.feeds), decoded)
+        return fn.encode(self.outputs(fn, decoded), decoded)
 
     def infer(self, name: str, document: Any) -> dict[str, Any]:
         """One Open Inference Protocol request that arrived as an event (a direct invoke)."""
-        return self._inference(self.function(name), document).run()  # type: ignore[no-any-return]
+        return self._complete(self._inference(self.function(name), document))  # type: ignore[no-any-return]
 
     def function(self, name: str) -> ModelFunction:
         return self.registry.load(name)
+
+    def outputs(self, fn: ModelFunction, decoded: Decoded) -> Outputs:
+        """One model run in this thread, through the function's cache and drift counting if it has them."""
+        watched = self.monitor.watched(fn)
+        return fn.run(decoded.feeds) if watched is None else watched.run(fn, decoded.feeds)
+
+    async def outputs_async(self, fn: ModelFunction, decoded: Decoded) -> Outputs:
+        """`outputs` for the async driver: the model run is batched, a shared cache is called off the loop."""
+        watched = self.monitor.watched(fn)
+        if watched is None:
+            return await self.run_batched(fn, decoded)
+        return await watched.run_async(decoded.feeds, lambda: self.run_batched(fn, decoded))
+
+    def _complete(self, inference: Inference) -> Any:
+        return inference.finish(self.outputs(inference.fn, inference.decoded))
 
     async def run_batched(self, fn: ModelFunction, decoded: Decoded) -> Outputs:
         import asyncio
@@ -154,7 +174,7 @@ class Service:
         if batcher is None:
             from modelfn.batching import MicroBatcher
 
-            batcher = self.batchers[fn.name] = MicroBatcher(fn, self.executor, self.batch_sizes.append)
+            batcher = self.batchers[fn.name] = MicroBatcher(fn, self.executor, self._on_batch(fn.name))
         return await batcher.submit(decoded)
 
     @property
@@ -167,7 +187,21 @@ class Service:
             self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelfn-run")
         return self._executor
 
+    def _on_batch(self, name: str) -> Callable[[int], None]:
+        metrics = self.metrics
+        if metrics is None:
+            return self.batch_sizes.append
+
+        def record(rows: int) -> None:
+            self.batch_sizes.append(rows)
+            metrics.batch(name, rows)
+
+        return record
+
     async def close(self) -> None:
+        self.monitor.close_windows()
+        if self.metrics is not None:
+            self.metrics.close()
         for batcher in self.batchers.values():
             await batcher.close()
         self.batchers.clear()
@@ -237,6 +271,12 @@ class Service:
 
     def _list_functions(self, request: HttpRequest) -> HttpResponse:
         return HttpResponse(200, {"functions": sorted(self.registry.specs)})
+
+    def _metrics(self, request: HttpRequest) -> HttpResponse:
+        if self.metrics is None:
+            raise NotFound("/metrics is served by `modelfn serve` and Cloud Run; Lambda sends EMF, others log lines")
+        body, content_type = self.metrics.exposition(self)
+        return HttpResponse(200, body, {"content-type": content_type})
 
     def _openapi(self, request: HttpRequest) -> HttpResponse:
         from modelfn.openapi import document

@@ -233,6 +233,32 @@ class OptimizeSpec:
 
 
 @dataclass(eq=False)
+class DriftSpec:
+    """Drift against `profile.json` (`modelfn profile`): counted per instance, emitted per window, no payloads kept."""
+
+    enabled: bool = _f(True, help="Count into the profile's bins when the function has a profile.")
+    profile: str = _f("profile.json", help="The reference profile, relative to the function folder.")
+    window_requests: int = _f(1000, ge=1, help="Emit after this many requests...")
+    window_seconds: float = _f(60.0, gt=0, help="...or after this long, whichever comes first.")
+    min_rows: int = _f(500, ge=1, help="A window with fewer rows is carried into the next one (PSI is noisy below).")
+    alarm_psi: float = _f(0.25, gt=0, help="PSI at or above this is drift: the CloudWatch alarm's threshold.")
+
+
+@dataclass(eq=False)
+class CacheSpec:
+    """Answers kept by a hash of the decoded inputs: in-process, and shared through Redis when a URL is set."""
+
+    enabled: bool = False
+    size: int = _f(1024, ge=1, help="Entries kept in this process (least recently used go first).")
+    ttl_s: float = _f(300.0, gt=0, help="Seconds an entry lives, here and in Redis.")
+    max_entry_kb: float = _f(256.0, gt=0, help="Larger answers are not cached.")
+    url: str | None = _f(
+        None, pattern=r"rediss?://.+", help="redis:// or rediss:// of a shared cache; $MODELFN_CACHE_URL wins."
+    )
+    timeout_ms: float = _f(50.0, gt=0, help="Longest a shared-cache call may take before it counts as a miss.")
+
+
+@dataclass(eq=False)
 class FunctionSpec:
     name: str = _f(pattern=r"[a-z0-9][a-z0-9-]{0,62}", help="Lower-case letters, digits and '-'.")
     model: ModelSpec = _f()
@@ -244,6 +270,8 @@ class FunctionSpec:
     deploy: DeploySpec = _f(factory=lambda: DeploySpec())
     triggers: TriggersSpec = _f(factory=lambda: TriggersSpec())
     optimize: OptimizeSpec = _f(factory=lambda: OptimizeSpec())
+    drift: DriftSpec = _f(factory=lambda: DriftSpec())
+    cache: CacheSpec = _f(factory=lambda: CacheSpec())
     folder: Path = _f(Path("."), help="Set by the loader: the folder holding function.toml.")
 
     def problems(self) -> list[str]:

@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from handlers.aws.metrics import EmfReporter
 from handlers.aws.telemetry import Telemetry
 from handlers.aws.telemetry import telemetry as process_telemetry
 from modelfn.errors import ModelfnError, NotFound
@@ -33,6 +34,7 @@ class LambdaApp:
         self.served = served
         self.telemetry = telemetry or process_telemetry
         self.service = Service(registry, key=api_key(), platform_limit_bytes=LAMBDA_PAYLOAD_LIMIT)
+        self.service.monitor.reporter = EmfReporter(self.telemetry)
         self.load_ms: float | None = None
         self.load_reported = False
         self.tracing = os.environ.get("MODELFN_TRACING", "").lower() in ("1", "true", "yes")

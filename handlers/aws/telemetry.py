@@ -163,6 +163,20 @@ class Telemetry:
         request_id = getattr(self.context, "aws_request_id", None)
         self.emit(template.format(int(time.time() * 1000), *numbers, _quote(str(request_id)) if request_id else "null"))
 
+    def document(self, dimensions: dict[str, str], metrics: list[tuple[str, str, float]]) -> None:
+        """One EMF document of its own, outside the invocation's: metrics with other dimensions
+        (a drift window's per-feature PSI), written at once."""
+        if not self.metrics_enabled:
+            return
+        directive = {
+            "Namespace": self.namespace,
+            "Dimensions": [list(dimensions)],
+            "Metrics": [{"Name": name, "Unit": unit} for name, unit, _ in metrics],
+        }
+        values = {name: value if math.isfinite(value) else None for name, _, value in metrics}
+        timestamp = int(time.time() * 1000)
+        self.write({"_aws": {"Timestamp": timestamp, "CloudWatchMetrics": [directive]}, **dimensions, **values})
+
     def _template(self, metrics: tuple[tuple[str, str], ...]) -> str:
         directive = {
             "Namespace": self.namespace,

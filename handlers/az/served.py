@@ -20,3 +20,4 @@ class ServedFunction:
         self.service = Service(self.registry, key=api_key(), platform_limit_bytes=PLATFORM_MAX_BODY_BYTES)
         # a blob is not an HTTP body: no 100 MB cap, the function's own limit only
         self.objects = Service(self.registry)
+        self.objects.monitor = self.service.monitor  # one cache and one drift window per function

@@ -95,7 +95,7 @@ def requirements(spec: FunctionSpec, provider: str) -> Requirements:
     runtime = group(groups.get("", []))
     handler = group(groups.get(provider, []))
     # a codec's libraries are the extra named after it (pyproject.toml: image, text)
-    codec = group(groups.get(spec.io.codec, []))
+    codec = group(groups.get(spec.io.codec, []) + (groups.get("cache", []) if spec.cache.enabled else []))
     client = MODEL_CLIENTS.get(urlparse(spec.model.source).scheme)
     model = group([pinned.get(client, client)] if client else [])
     return Requirements(runtime, handler, codec, model, group(hook_requirements(spec)))
