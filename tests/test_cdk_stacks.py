@@ -137,6 +137,7 @@ def write_functions(root: Path) -> Path:
         (folder / "function.toml").write_text(toml.lstrip())
         if model is not None:
             shutil.copyfile(model, folder / "model.onnx")
+    (root / "snap" / "profile.json").write_text(json.dumps({"format": "modelfn.profile/1", "function": "snap"}))
     return root
 
 
@@ -484,6 +485,17 @@ def test_alarms_on_errors_throttles_and_p99_duration_of_the_live_alias(synth: Sy
     for alarm in alarms.values():
         dimensions = {d["Name"]: render(d["Value"]) for d in alarm["Dimensions"]}
         assert dimensions["Resource"].endswith(":live")
+
+
+def test_a_function_with_a_drift_profile_alarms_on_its_largest_psi(synth: Synthesis) -> None:
+    drift = [a for a in synth.resources("snap", "AWS::CloudWatch::Alarm").values() if a["MetricName"] == "DriftPSIMax"]
+    assert len(drift) == 1
+    alarm = drift[0]
+    assert alarm["Namespace"] == "modelfn" and alarm["Statistic"] == "Maximum" and alarm["Threshold"] == 0.25
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == {"service": "modelfn", "function": "snap"}
+    # no profile, no drift alarm; and drift never rolls a deployment back
+    assert all(a["MetricName"] != "DriftPSIMax" for a in synth.resources("warm", "AWS::CloudWatch::Alarm").values())
 
 
 def test_gradual_rollout_shifts_traffic_and_rolls_back_on_the_alarms(synth: Synthesis) -> None:

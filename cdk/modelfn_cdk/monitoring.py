@@ -66,6 +66,35 @@ def add_alarms(stack: Stack, spec: FunctionSpec, alias: lambda_.Alias, topic_arn
     return alarms
 
 
+def add_drift_alarm(stack: Stack, spec: FunctionSpec, topic_arn: str | None) -> cloudwatch.Alarm | None:
+    """An alarm on the largest input PSI of a window (`DriftPSIMax`, EMF from the function),
+    for a function that ships a drift profile. Not a rollout alarm: drift is the traffic's,
+    not the new version's."""
+    if not spec.drift.enabled or not (spec.folder / spec.drift.profile).is_file():
+        return None
+    metric = cloudwatch.Metric(
+        namespace="modelfn",
+        metric_name="DriftPSIMax",
+        dimensions_map={"service": "modelfn", "function": spec.name},
+        period=Duration.minutes(5),
+        statistic="Maximum",
+    )
+    alarm = cloudwatch.Alarm(
+        stack,
+        "DriftAlarm",
+        alarm_description=f"{spec.name}: input drift, a feature's PSI at or above {spec.drift.alarm_psi}",
+        metric=metric,
+        threshold=spec.drift.alarm_psi,
+        evaluation_periods=3,
+        datapoints_to_alarm=2,
+        comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+    )
+    if topic_arn:
+        alarm.add_alarm_action(actions.SnsAction(sns.Topic.from_topic_arn(stack, "DriftAlarmTopic", topic_arn)))
+    return alarm
+
+
 def add_rollout(stack: Stack, spec: FunctionSpec, alias: lambda_.Alias, alarms: list[cloudwatch.Alarm]) -> None:
     if spec.deploy.rollout not in ROLLOUTS:
         return

@@ -114,6 +114,7 @@ class FunctionStack(Stack):
         triggers.add_all(triggers.Target(self, spec, self.role, self.alias, retention(settings.log_retention_days)))
         alarms = monitoring.add_alarms(self, spec, self.alias, settings.alarm_topic_arn)
         monitoring.add_rollout(self, spec, self.alias, alarms)
+        monitoring.add_drift_alarm(self, spec, settings.alarm_topic_arn)
         CfnOutput(self, "FunctionName", value=self.function.function_name)
         CfnOutput(self, "AliasArn", value=self.alias.function_arn, description="invoke this (the live alias)")
 
