@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: serve test setup lint models clean
+.PHONY: serve test setup lint models clean redis
 
 serve: $(VENV)/.serve-installed
 	$(BIN)/modelfn serve breast-cancer
@@ -15,7 +15,11 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-setup: $(VENV)/.all-installed models node_modules/.installed
+setup: $(VENV)/.all-installed models node_modules/.installed redis
+
+# redis-server for the prediction cache's tests (the Debian package; a no-op when it is there)
+redis:
+	scripts/install-redis.sh
 
 node_modules/.installed: package.json
 	npm install --no-audit --no-fund --loglevel=error
