@@ -31,10 +31,39 @@ def _f(default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING, h
     return field(default=default, default_factory=factory, metadata={"help": help, **rules})
 
 
+VERSION_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+"""A model version's name: it goes into paths (`/v2/models/{name}/versions/{version}`) and metric dimensions."""
+
+
+@dataclass(eq=False)
+class VersionSpec:
+    """Another version of the function's model, served beside `[model]` (`[model.versions.<v>]`)."""
+
+    source: str = _f(help="Path relative to the function folder, or s3://, gs://, https:// URI.")
+    sha256: str | None = _f(None, pattern=r"[0-9a-fA-F]{64}", help="Pin checked before loading.")
+    io: IOSpec | None = _f(None, help="This version's own [io] table, replacing the function's; default: [io].")
+
+
 @dataclass(eq=False)
 class ModelSpec:
     source: str = _f(help="Path relative to the function folder, or s3://, gs://, https:// URI.")
     sha256: str | None = _f(None, pattern=r"[0-9a-fA-F]{64}", help="Pin checked before loading.")
+    version: str = _f("1", pattern=VERSION_NAME, help="This model's version name: the default version.")
+    versions: dict[str, VersionSpec] = _f(factory=dict, help="Other versions by name, each its own session.")
+
+    def problems(self) -> list[str]:
+        found = [
+            f"model.versions.{name}: a version name is letters, digits, '.', '_' and '-' (64 at most)"
+            for name in self.versions
+            if not re.fullmatch(VERSION_NAME, name)
+        ]
+        if self.version in self.versions:
+            found.append(f"model.versions.{self.version}: that is [model]'s own version (model.version)")
+        return found
+
+    @property
+    def version_names(self) -> list[str]:
+        return [self.version, *self.versions]
 
 
 @dataclass(eq=False)
@@ -259,6 +288,25 @@ class CacheSpec:
 
 
 @dataclass(eq=False)
+class TrafficSpec:
+    """Which version answers the unversioned routes and events, and which one shadows it."""
+
+    weights: dict[str, float] = _f(
+        factory=dict, help="Share of requests per version, e.g. { 1 = 90, 2 = 10 }; empty: all to model.version."
+    )
+    shadow: str | None = _f(
+        None, help="A version sent a copy of the requests; its answers are compared, never returned."
+    )
+    shadow_sample: float = _f(1.0, ge=0, le=1, help="Share of requests copied to the shadow version.")
+
+    def problems(self) -> list[str]:
+        found = [f"traffic.weights.{v}: must be >= 0, got {w}" for v, w in self.weights.items() if w < 0]
+        if self.weights and not found and sum(self.weights.values()) <= 0:
+            found.append("traffic.weights: at least one version needs a weight above 0")
+        return found
+
+
+@dataclass(eq=False)
 class FunctionSpec:
     name: str = _f(pattern=r"[a-z0-9][a-z0-9-]{0,62}", help="Lower-case letters, digits and '-'.")
     model: ModelSpec = _f()
@@ -272,6 +320,7 @@ class FunctionSpec:
     optimize: OptimizeSpec = _f(factory=lambda: OptimizeSpec())
     drift: DriftSpec = _f(factory=lambda: DriftSpec())
     cache: CacheSpec = _f(factory=lambda: CacheSpec())
+    traffic: TrafficSpec = _f(factory=lambda: TrafficSpec())
     folder: Path = _f(Path("."), help="Set by the loader: the folder holding function.toml.")
 
     def problems(self) -> list[str]:
@@ -282,6 +331,17 @@ class FunctionSpec:
             found.append(
                 "deploy: provisioned_concurrency and snapstart are Lambda levers; a gpu function never runs on Lambda"
             )
+        found.extend(self.traffic_problems())
+        return found
+
+    def traffic_problems(self) -> list[str]:
+        names = self.model.version_names
+        named = [(f"traffic.weights.{v}", v) for v in self.traffic.weights]
+        if self.traffic.shadow is not None:
+            named.append(("traffic.shadow", self.traffic.shadow))
+        found = [f"{where}: no version {v!r}; the versions are {names}" for where, v in named if v not in names]
+        if self.traffic.shadow and self.traffic.weights.get(self.traffic.shadow, 0) > 0:
+            found.append(f"traffic.shadow: version {self.traffic.shadow!r} also has live weight; a shadow only listens")
         return found
 
 
@@ -298,6 +358,8 @@ def _describe_type(kind: Any) -> str:
         return " or ".join(_describe_type(a) for a in typing.get_args(kind) if a is not type(None))
     if origin is list:
         return f"a list of {_describe_type(typing.get_args(kind)[0])}"
+    if origin is dict:
+        return f"a table of {_describe_type(typing.get_args(kind)[1])}"
     if dataclasses.is_dataclass(kind):
         return "a table"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
@@ -330,6 +392,11 @@ def _value(kind: Any, value: Any, where: str, rules: dict[str, Any], errors: lis
             ok = False
         else:
             return [_value(typing.get_args(kind)[0], v, f"{where}[{i}]", {}, errors) for i, v in enumerate(value)]
+    elif origin is dict:
+        if not isinstance(value, dict):
+            ok = False
+        else:
+            return {str(k): _value(typing.get_args(kind)[1], v, f"{where}.{k}", {}, errors) for k, v in value.items()}
     if not ok:
         errors.append(f"{where}: expected {_describe_type(kind)}, got {value!r}")
         return None
