@@ -121,4 +121,8 @@ def create_app(
     from modelfn.metrics import server_metrics
 
     service.metrics = server_metrics(service)
+    if service.metrics is not None:  # per-version answers and shadow agreement beside the server's own metrics
+        from modelfn.observations import prometheus_recorder, subscribe
+
+        subscribe(prometheus_recorder(service.metrics.registry, service.metrics.functions))
     return App(service, preload)

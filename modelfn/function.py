@@ -28,6 +28,7 @@ class ModelFunction:
         started = time.perf_counter()
         self.spec = spec
         self.name = spec.name
+        self.version = spec.model.version
         self.model_path = resolve(spec.model.source, spec.folder, spec.model.sha256, progress)
         self.session = create_session(self.model_path, spec.runtime)
         self.inputs, self.outputs = signature(self.session)

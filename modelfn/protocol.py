@@ -37,10 +37,12 @@ class InferRequest(NamedTuple):
     binary: frozenset[str] = frozenset()
 
 
-def model_metadata(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> dict[str, Any]:
+def model_metadata(
+    name: str, inputs: list[TensorInfo], outputs: list[TensorInfo], versions: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "name": name,
-        "versions": ["1"],
+        "versions": versions or ["1"],
         "platform": "onnxruntime_onnx",
         "inputs": [i.describe() for i in inputs],
         "outputs": [o.describe() for o in outputs],
@@ -302,19 +304,24 @@ def _check_known(wanted: list[str], names: list[str]) -> None:
 
 
 def encode_response(
-    name: str, outputs: dict[str, np.ndarray], infos: list[TensorInfo], wanted: list[str] | None, request_id: str | None
+    name: str,
+    outputs: dict[str, np.ndarray],
+    infos: list[TensorInfo],
+    wanted: list[str] | None,
+    request_id: str | None,
+    version: str = "1",
 ) -> dict[str, Any]:
     """The JSON response: every output's data inline (the requested ones, in the order asked)."""
-    body, _ = _response(name, outputs, infos, InferRequest({}, wanted, request_id))
+    body, _ = _response(name, outputs, infos, InferRequest({}, wanted, request_id), version)
     return body
 
 
 def encode_body(
-    name: str, outputs: dict[str, np.ndarray], infos: list[TensorInfo], request: InferRequest
+    name: str, outputs: dict[str, np.ndarray], infos: list[TensorInfo], request: InferRequest, version: str = "1"
 ) -> tuple[bytes, int | None]:
     """The response body, and the `Inference-Header-Content-Length` to send with it: None when the
     body is all JSON, else the JSON header's length, the binary outputs' bytes following it."""
-    body, raw = _response(name, outputs, infos, request)
+    body, raw = _response(name, outputs, infos, request, version)
     header = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
     if not raw:
         return header, None
@@ -329,12 +336,12 @@ def response_headers(header_length: int | None) -> dict[str, str]:
 
 
 def _response(
-    name: str, outputs: dict[str, np.ndarray], infos: list[TensorInfo], request: InferRequest
+    name: str, outputs: dict[str, np.ndarray], infos: list[TensorInfo], request: InferRequest, version: str = "1"
 ) -> tuple[dict[str, Any], list[bytes]]:
     types = {o.name: o.datatype for o in infos}
     if request.wanted is not None:
         _check_known(request.wanted, list(outputs))
-    body: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": []}
+    body: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": []}
     if request.request_id is not None:
         body["id"] = request.request_id
     raw: list[bytes] = []

@@ -13,6 +13,7 @@ from modelfn.errors import ModelfnError, ModelUnavailable, NotFound
 from modelfn.function import ModelFunction
 from modelfn.sources import Progress, cache_dir, public_message, redact
 from modelfn.spec import FunctionSpec, discover, load_spec
+from modelfn.traffic import Versions
 
 log = logging.getLogger("modelfn")
 
@@ -22,6 +23,8 @@ class Registry:
         self.specs = {s.name: s for s in specs}
         self.loaded: dict[str, ModelFunction] = {}
         self.failed: dict[str, ModelfnError] = {}
+        self.versions: dict[str, Versions] = {}
+        """Each loaded function's versions (one for most) and its traffic policy."""
         self.progress = progress
 
     @classmethod
@@ -45,6 +48,7 @@ class Registry:
             raise self.failed[name]
         try:
             fn = ModelFunction(self.specs[name], self.progress)
+            self.versions[name] = Versions(self.specs[name], fn, self.progress)
         except ModelfnError as exc:
             # no credentials or query strings anywhere; the log keeps this server's paths, clients do not see them
             log.error("function %s failed to load: %s", name, redact(exc.message))
@@ -56,6 +60,11 @@ class Registry:
         return fn
 
     get = load
+
+    def traffic(self, name: str) -> Versions:
+        """The loaded versions of `name` and the policy that picks one per request."""
+        self.load(name)
+        return self.versions[name]
 
     def load_all(self) -> None:
         for name in self.specs:

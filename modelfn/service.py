@@ -16,12 +16,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from modelfn import __version__, protocol
-from modelfn.codecs import Decoded
-from modelfn.errors import ModelfnError, NotFound
+from modelfn.codecs import Decoded, Feeds
+from modelfn.errors import ModelfnError, NotFound, error_body
 from modelfn.http import MB, HttpRequest, HttpResponse, check_api_key, check_size, failure
 from modelfn.monitor import Monitor
 from modelfn.registry import Registry
 from modelfn.routes import ROUTES, Route, match
+from modelfn.traffic import Serving, header_key, shadow_done, shadow_dropped, shadow_failed
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -35,18 +36,22 @@ PUBLIC_PATHS = frozenset(r.template for r in ROUTES if r.public and not r.parame
 OFFLOAD_BYTES = 256 * 1024
 """Bodies above this are decoded and their answers encoded in a worker thread, so a large
 request does not hold the event loop (health probes, other callers) while it is parsed."""
+SHADOW_BACKLOG = 64
+"""Shadow copies the async driver keeps in flight at most; beyond that a copy is dropped (and
+counted), so a slow shadow version cannot pile work up behind the live one."""
 
 
 class Inference:
     """A request decoded and ready to run: the function, its feeds, and how to turn the
     outputs into the answer. Each driver runs it its own way (directly or batched)."""
 
-    __slots__ = ("decoded", "finish", "fn")
+    __slots__ = ("decoded", "finish", "fn", "outputs")
 
     def __init__(self, fn: ModelFunction, decoded: Decoded, finish: Callable[[Outputs], Any]) -> None:
         self.fn = fn
         self.decoded = decoded
         self.finish = finish
+        self.outputs: Outputs | None = None
 
     def run(self) -> Any:
         return self.finish(self.fn.run(self.decoded.feeds))
@@ -75,6 +80,8 @@ class Service:
         self.batchers: dict[str, MicroBatcher] = {}
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent merged batch sizes, for metrics and tests
         self._executor: ThreadPoolExecutor | None = None
+        self._shadows: set[Any] = set()
+        """The async driver's shadow copies in flight (tasks), at most SHADOW_BACKLOG."""
         self.monitor = Monitor()
         """Prediction cache and drift counting around each model run, for the functions that ask."""
         self.metrics: Any = None
@@ -102,12 +109,19 @@ class Service:
 
     def handle(self, request: HttpRequest) -> HttpResponse:
         """One request, inference in this thread; every error becomes its status and JSON."""
+        serving = outcome = None
         try:
             route, params = self.admit(request.method, request.path, request.headers)
+            serving = self._serving(route, params, request)
             outcome = getattr(self, "_" + route.operation)(request, **params)
-            return self._complete(outcome) if isinstance(outcome, Inference) else outcome
+            response = self._complete(outcome) if isinstance(outcome, Inference) else outcome
         except Exception as exc:
-            return self._failure(exc, request)
+            response = self._failure(exc, request)
+        if serving is not None:
+            serving.finish(response.status, response.headers)
+            if isinstance(outcome, Inference) and outcome.outputs is not None:
+                serving.shadow_run(self._decoder(route, request), outcome.outputs)  # after the answer: see the README
+        return response  # type: ignore[no-any-return]
 
     async def handle_async(
         self, request: HttpRequest, admitted: tuple[Route, dict[str, str]] | None = None
@@ -115,36 +129,72 @@ class Service:
         """One request on an event loop: batched inference, large bodies off the loop."""
         import asyncio  # here, not at import: the sync driver (Lambda's cold start) never pays for it
 
+        serving = outputs = None
         try:
             route, params = admitted or self.admit(request.method, request.path, request.headers)
             operation = getattr(self, "_" + route.operation)
             name = params.get("name")
             if name and name not in self.registry.loaded and name in self.registry.specs:
                 await asyncio.to_thread(self._load_quietly, name)
+            serving = self._serving(route, params, request)
             heavy = len(request.body) > OFFLOAD_BYTES
             outcome = await asyncio.to_thread(operation, request, **params) if heavy else operation(request, **params)
             if not isinstance(outcome, Inference):
-                return outcome  # type: ignore[no-any-return]
-            outputs = await self.outputs_async(outcome.fn, outcome.decoded)
-            if heavy:
-                return await asyncio.to_thread(_finished, outcome, outputs)
-            return outcome.finish(outputs)  # type: ignore[no-any-return]
+                response: HttpResponse = outcome
+            else:
+                outputs = await self.outputs_async(outcome.fn, outcome.decoded)
+                if heavy:
+                    response = await asyncio.to_thread(_finished, outcome, outputs)
+                else:
+                    response = outcome.finish(outputs)
         except Exception as exc:
-            return self._failure(exc, request)
+            response = self._failure(exc, request)
+        if serving is not None:
+            serving.finish(response.status, response.headers)
+            if serving.shadow is not None and outputs is not None:
+                self._shadow_later(serving.shadow, self._decoder(route, request), outputs, heavy)
+        return response
 
     def predict(
-        self, name: str, body: bytes | None = None, content_type: str | None = None, payload: Any = None
+        self,
+        name: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        payload: Any = None,
+        key: str | None = None,
     ) -> Any:
-        """One prediction for an event (an object, a message): the result, or a typed error."""
-        fn = self.function(name)
-        if body is not None:
-            check_size(body, self.limit(name))
-        decoded = fn.decode(body, content_type, payload)
-        return fn.encode(self.outputs(fn, decoded), decoded)
+        """One prediction for an event (an object, a message): the result, or a typed error.
+        The version answering follows `[traffic]`, sticky by `key` when the event carries one."""
+        versions = self.registry.traffic(name)
+        serving = Serving(versions, versions.choose(key))
+        fn = serving.fn
+        try:
+            if body is not None:
+                check_size(body, self.limit(name))
+            decoded = fn.decode(body, content_type, payload)
+            outputs = self.outputs(fn, decoded)
+            result = fn.encode(outputs, decoded)
+        except Exception as exc:
+            serving.finish(error_body(exc)[0])
+            raise
+        serving.finish(200)
+        serving.shadow_run(lambda shadow: shadow.decode(body, content_type, payload).feeds, outputs)
+        return result
 
-    def infer(self, name: str, document: Any) -> dict[str, Any]:
+    def infer(self, name: str, document: Any, key: str | None = None) -> dict[str, Any]:
         """One Open Inference Protocol request that arrived as an event (a direct invoke)."""
-        return self._complete(self._inference(self.function(name), document))  # type: ignore[no-any-return]
+        versions = self.registry.traffic(name)
+        serving = Serving(versions, versions.choose(key))
+        try:
+            inference = self._inference(serving.fn, document)
+            answer = self._complete(inference)
+        except Exception as exc:
+            serving.finish(error_body(exc)[0])
+            raise
+        serving.finish(200)
+        if inference.outputs is not None:
+            serving.shadow_run(lambda shadow: self._inference(shadow, document).decoded.feeds, inference.outputs)
+        return answer  # type: ignore[no-any-return]
 
     def function(self, name: str) -> ModelFunction:
         return self.registry.load(name)
@@ -162,7 +212,8 @@ class Service:
         return await watched.run_async(decoded.feeds, lambda: self.run_batched(fn, decoded))
 
     def _complete(self, inference: Inference) -> Any:
-        return inference.finish(self.outputs(inference.fn, inference.decoded))
+        inference.outputs = self.outputs(inference.fn, inference.decoded)
+        return inference.finish(inference.outputs)
 
     async def run_batched(self, fn: ModelFunction, decoded: Decoded) -> Outputs:
         import asyncio
@@ -170,11 +221,12 @@ class Service:
         loop = asyncio.get_running_loop()
         if not fn.batchable:
             return await loop.run_in_executor(self.executor, fn.run, decoded.feeds)
-        batcher = self.batchers.get(fn.name)
+        key = fn.name if self.registry.loaded.get(fn.name) is fn else f"{fn.name}@{fn.version}"  # one per version
+        batcher = self.batchers.get(key)
         if batcher is None:
             from modelfn.batching import MicroBatcher
 
-            batcher = self.batchers[fn.name] = MicroBatcher(fn, self.executor, self._on_batch(fn.name))
+            batcher = self.batchers[key] = MicroBatcher(fn, self.executor, self._on_batch(fn.name))
         return await batcher.submit(decoded)
 
     @property
@@ -199,6 +251,10 @@ class Service:
         return record
 
     async def close(self) -> None:
+        import asyncio
+
+        if self._shadows:  # copies already taken finish their comparison before the batchers close
+            await asyncio.gather(*self._shadows, return_exceptions=True)
         self.monitor.close_windows()
         if self.metrics is not None:
             self.metrics.close()
@@ -211,22 +267,21 @@ class Service:
 
     # -- the route operations, named in modelfn.routes.ROUTES ---------------------------
 
-    def _predict(self, request: HttpRequest, name: str) -> Inference:
-        fn = self.function(name)
+    def _predict(self, request: HttpRequest, name: str, version: str | None = None) -> Inference:
+        fn = self._version(name, version)
         check_size(request.body, self.limit(name))
         decoded = fn.decode(request.body, request.content_type)
         return Inference(fn, decoded, lambda outputs: HttpResponse(200, fn.encode(outputs, decoded)))
 
     def _infer(self, request: HttpRequest, name: str, version: str | None = None) -> Inference:
         """JSON, or the binary tensor extension when `Inference-Header-Content-Length` is sent."""
-        fn = self.function(name)
-        self._check_version(fn, version)
+        fn = self._version(name, version)
         check_size(request.body, self.limit(name))
         header_length = request.headers.get(protocol.HEADER_LENGTH)
         infer = protocol.decode_body(request.body, header_length, fn.inputs, fn.spec.io.nan_policy, outputs=fn.outputs)
 
         def finish(outputs: Outputs) -> HttpResponse:
-            body, length = protocol.encode_body(fn.name, outputs, fn.outputs, infer)
+            body, length = protocol.encode_body(fn.name, outputs, fn.outputs, infer, fn.version)
             return HttpResponse(200, body, protocol.response_headers(length))
 
         return Inference(fn, Decoded(infer.feeds), finish)
@@ -238,7 +293,7 @@ class Service:
         return Inference(
             fn,
             Decoded(feeds),
-            lambda outputs: protocol.encode_response(fn.name, outputs, fn.outputs, wanted, request_id),
+            lambda outputs: protocol.encode_response(fn.name, outputs, fn.outputs, wanted, request_id, fn.version),
         )
 
     def _live(self, request: HttpRequest) -> HttpResponse:
@@ -255,18 +310,20 @@ class Service:
         return HttpResponse(200, {"name": "modelfn", "version": __version__, "extensions": list(protocol.EXTENSIONS)})
 
     def _model_metadata(self, request: HttpRequest, name: str, version: str | None = None) -> HttpResponse:
-        fn = self.function(name)
-        self._check_version(fn, version)
-        return HttpResponse(200, fn.metadata())
+        fn = self._version(name, version)
+        metadata = fn.metadata()
+        metadata["versions"] = self.registry.traffic(name).names
+        return HttpResponse(200, metadata)
 
     def _model_ready(self, request: HttpRequest, name: str, version: str | None = None) -> HttpResponse:
         if name not in self.registry.specs:
             raise NotFound(f"unknown function {name!r}; this server has {sorted(self.registry.specs)}")
         try:
-            fn = self.registry.load(name)
+            self.registry.load(name)
         except ModelfnError:
             return HttpResponse(503, {"name": name, "ready": False})
-        self._check_version(fn, version)
+        if version is not None:
+            self.registry.traffic(name).get(version)
         return HttpResponse(200, {"name": name, "ready": True})
 
     def _list_functions(self, request: HttpRequest) -> HttpResponse:
@@ -296,11 +353,58 @@ class Service:
 
     # -- helpers ---------------------------------------------------------------------
 
+    def _version(self, name: str, version: str | None) -> ModelFunction:
+        return self.registry.traffic(name).get(version) if version else self.function(name)
+
+    def _serving(self, route: Route, params: dict[str, str], request: HttpRequest) -> Serving | None:
+        """For an inference route, the version that answers: the one the path names, else the
+        traffic policy's pick (sticky by `x-modelfn-key`), with a shadow copy on the latter only."""
+        if route.body is None:
+            return None
+        versions = self.registry.traffic(params["name"])
+        named = params.get("version")
+        fn = versions.get(named) if named else versions.choose(header_key(request.headers))
+        params["version"] = fn.version
+        return Serving(versions, fn, shadow=named is None)
+
     @staticmethod
-    def _check_version(fn: ModelFunction, version: str | None) -> None:
-        versions = fn.metadata()["versions"]
-        if version is not None and version not in versions:
-            raise NotFound(f"function {fn.name!r} has no version {version!r}; it has {versions}", function=fn.name)
+    def _decoder(route: Route, request: HttpRequest) -> Callable[[ModelFunction], Feeds]:
+        """How the shadow version reads the same request: its own codec, or the protocol with its own inputs."""
+        if route.body == "inference":
+            length = request.headers.get(protocol.HEADER_LENGTH)
+            return lambda fn: (
+                protocol.decode_body(request.body, length, fn.inputs, fn.spec.io.nan_policy, outputs=fn.outputs).feeds
+            )
+        return lambda fn: fn.decode(request.body, request.content_type).feeds
+
+    def _shadow_later(
+        self, shadow: ModelFunction, decode: Callable[[ModelFunction], Feeds], live: Outputs, heavy: bool
+    ) -> None:
+        """The async driver's shadow copy: a task of its own, after the live answer, bounded."""
+        import asyncio
+
+        if len(self._shadows) >= SHADOW_BACKLOG:
+            shadow_dropped(shadow)
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(shadow, decode, live, heavy))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(
+        self, shadow: ModelFunction, decode: Callable[[ModelFunction], Feeds], live: Outputs, heavy: bool
+    ) -> None:
+        import asyncio
+        import time
+
+        started = time.perf_counter()
+        try:
+            await asyncio.sleep(0)  # the live answer is written first
+            feeds = await asyncio.to_thread(decode, shadow) if heavy else decode(shadow)
+            outputs = await self.run_batched(shadow, Decoded(feeds))
+        except Exception as exc:
+            shadow_failed(shadow, exc, started)
+            return
+        shadow_done(shadow, live, outputs, started)
 
     def _load_quietly(self, name: str) -> None:
         with contextlib.suppress(ModelfnError):  # kept in registry.failed; the operation reports it
