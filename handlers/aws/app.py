@@ -11,6 +11,8 @@ from typing import Any
 from handlers.aws.metrics import EmfReporter
 from handlers.aws.telemetry import Telemetry
 from handlers.aws.telemetry import telemetry as process_telemetry
+from handlers.aws.versions import version_metrics
+from modelfn import observations
 from modelfn.errors import ModelfnError, NotFound
 from modelfn.function import ModelFunction
 from modelfn.http import MB, api_key
@@ -35,6 +37,7 @@ class LambdaApp:
         self.telemetry = telemetry or process_telemetry
         self.service = Service(registry, key=api_key(), platform_limit_bytes=LAMBDA_PAYLOAD_LIMIT)
         self.service.monitor.reporter = EmfReporter(self.telemetry)
+        observations.subscribe(version_metrics(self.telemetry))
         self.load_ms: float | None = None
         self.load_reported = False
         self.tracing = os.environ.get("MODELFN_TRACING", "").lower() in ("1", "true", "yes")
@@ -65,9 +68,12 @@ class LambdaApp:
         """The function events are predicted with."""
         return self.registry.load(self.spec().name)
 
-    def predict(self, body: bytes | None = None, content_type: str | None = None, payload: Any = None) -> Any:
-        """One event's prediction with the served function, through the core pipeline."""
-        return self.service.predict(self.spec().name, body, content_type, payload)
+    def predict(
+        self, body: bytes | None = None, content_type: str | None = None, payload: Any = None, key: str | None = None
+    ) -> Any:
+        """One event's prediction with the served function, through the core pipeline; `key` keeps
+        events with the same key on one version."""
+        return self.service.predict(self.spec().name, body, content_type, payload, key)
 
     def spec(self) -> FunctionSpec:
         """The served function's spec, whether or not its model loaded."""

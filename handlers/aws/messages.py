@@ -14,6 +14,7 @@ from handlers.aws.app import LambdaApp
 from handlers.aws.kind import EventKind, records_from
 from handlers.aws.s3 import notification_refs, predict_objects
 from modelfn import events
+from modelfn.traffic import KEY_ATTRIBUTE
 
 
 class MessagesFailed(events.BatchFailed):
@@ -33,7 +34,12 @@ def content_type_of(attributes: dict[str, Any] | None) -> str:
     return _attribute(attributes, "content-type", "Content-Type", "ContentType") or "application/json"
 
 
-def predict_message(app: LambdaApp, body: str, content_type: str) -> tuple[str, Any]:
+def version_key_of(attributes: dict[str, Any] | None) -> str | None:
+    """The sticky version key a message carries (attribute `modelfn-key`), if any."""
+    return _attribute(attributes, KEY_ATTRIBUTE)
+
+
+def predict_message(app: LambdaApp, body: str, content_type: str, key: str | None = None) -> tuple[str, Any]:
     """("objects", summary) when the message is an S3 notification, else ("prediction", result)."""
     text = body.strip()
     if text.startswith("{") and ("aws:s3" in text or "TopicArn" in text or "s3:TestEvent" in text):
@@ -43,12 +49,12 @@ def predict_message(app: LambdaApp, body: str, content_type: str) -> tuple[str, 
             document = None
         if isinstance(document, dict):
             if document.get("Type") == "Notification" and isinstance(document.get("Message"), str):
-                return predict_message(app, document["Message"], content_type)
+                return predict_message(app, document["Message"], content_type, key)
             if records_from(document, "eventSource", "aws:s3") is not None:
                 return "objects", predict_objects(app, notification_refs(document["Records"]))
             if document.get("Event") == "s3:TestEvent":  # sent once when a bucket notification is set up
                 return "objects", {"processed": [], "skipped": []}
-    return "prediction", app.predict(body.encode("utf-8"), content_type)
+    return "prediction", app.predict(body.encode("utf-8"), content_type, key=key)
 
 
 def is_open_inference_request(payload: Any) -> bool:
@@ -78,8 +84,9 @@ class SnsNotification(EventKind):
 
         def deliver(message: dict[str, Any]) -> None:
             message_id = message.get("MessageId", "")
+            attributes = message.get("MessageAttributes")
             kind, result = predict_message(
-                self.app, message["Message"], content_type_of(message.get("MessageAttributes"))
+                self.app, message["Message"], content_type_of(attributes), version_key_of(attributes)
             )
             sent = destination.send(message_id, self.app.spec().name, result) if kind == "prediction" else "s3"
             results.append({"message_id": message_id, "output": sent})

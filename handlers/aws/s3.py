@@ -92,7 +92,7 @@ def predict_objects(app: LambdaApp, refs: list[ObjectRef]) -> dict[str, Any]:
         why = outputs.skip_reason(ref, found.metadata)
         if why:
             return skip(ref, why)
-        result = app.predict(found.body, events.content_type(ref.key, found.content_type, found.body))
+        result = app.predict(found.body, events.content_type(ref.key, found.content_type, found.body), key=ref.key)
         bucket, key = outputs.target(ref)
         store().put(bucket, key, events.encode_result(result), "application/json", {OUTPUT_MARK: spec.name})
         processed.append({"source": ref.uri, "output": location(bucket, key)})

@@ -8,7 +8,7 @@ from typing import Any
 
 from handlers.aws import destinations
 from handlers.aws.kind import EventKind, records_from
-from handlers.aws.messages import content_type_of, predict_message
+from handlers.aws.messages import content_type_of, predict_message, version_key_of
 from modelfn.events import reason
 
 
@@ -37,8 +37,9 @@ class SqsBatch(EventKind):
 
         def predict_record(record: Any) -> None:
             try:
+                attributes = record.raw_event.get("messageAttributes")
                 kind, result = predict_message(
-                    self.app, record.body, content_type_of(record.raw_event.get("messageAttributes"))
+                    self.app, record.body, content_type_of(attributes), version_key_of(attributes)
                 )
                 if kind == "prediction":
                     destination.send(record.message_id, spec.name, result)

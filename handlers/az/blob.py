@@ -24,7 +24,7 @@ def predict_blob(served: ServedFunction, blob: func.InputStream) -> dict[str, An
     data = blob.read()
     where = {"function": served.name, "blob": blob.name}
     try:
-        result = served.objects.predict(served.name, data, events.content_type(blob.name, None, data))
+        result = served.objects.predict(served.name, data, events.content_type(blob.name, None, data), key=blob.name)
     except Exception as exc:
         if events.retryable(exc):
             raise

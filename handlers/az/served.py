@@ -3,6 +3,7 @@ process, and the core `Service` under Azure's 100 MB HTTP request limit."""
 
 from __future__ import annotations
 
+from modelfn import observations
 from modelfn.http import MB, api_key
 from modelfn.registry import Registry
 from modelfn.service import Service
@@ -21,3 +22,4 @@ class ServedFunction:
         # a blob is not an HTTP body: no 100 MB cap, the function's own limit only
         self.objects = Service(self.registry)
         self.objects.monitor = self.service.monitor  # one cache and one drift window per function
+        observations.subscribe(observations.log_recorder)  # per-version metrics as log lines

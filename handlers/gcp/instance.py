@@ -9,6 +9,7 @@ import os
 import threading
 from typing import Any
 
+from modelfn import observations
 from modelfn.errors import NotFound
 from modelfn.http import MB, api_key
 from modelfn.registry import Registry, served_function
@@ -29,6 +30,7 @@ def service() -> Service:
         if key not in _services:
             registry = Registry.from_dir(names=[key[1]] if key[1] else None)
             _services[key] = Service(registry, key=api_key(), platform_limit_bytes=PLATFORM_MAX_BODY_BYTES)
+            observations.subscribe(observations.log_recorder)  # per-version metrics as log lines
         return _services[key]
 
 

@@ -15,6 +15,7 @@ from modelfn import events
 from modelfn.codecs import b64decode
 from modelfn.errors import BadRequest
 from modelfn.http import HttpResponse, json_text
+from modelfn.traffic import KEY_ATTRIBUTE
 
 log = logging.getLogger("modelfn.gcp")
 
@@ -48,7 +49,8 @@ def handle_message(message: Any, origin: tuple[str | None, ...] = (), function: 
             raise BadRequest("the message has no data: publish the request body as the message data")
         body = b64decode(message["data"], "message.data")
         content_type = _attribute(attributes, "content-type", "contenttype") or JSON
-        result = instance.service().predict(name, body, content_type)
+        key = _attribute(attributes, KEY_ATTRIBUTE)  # the sticky version key
+        result = instance.service().predict(name, body, content_type, key=key)
     except Exception as exc:
         return settle(exc, f"Pub/Sub message {_message_id(message)}", name)
 

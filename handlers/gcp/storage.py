@@ -44,7 +44,7 @@ def handle_object(data: Any, function: str | None = None) -> Outcome:
         service = instance.service()
         service.function(name)  # a model that cannot load is retried before the object is read
         body = instance.storage().bucket(bucket).blob(key).download_as_bytes()
-        result = service.predict(name, body, events.content_type(key, data.get("contentType"), body))
+        result = service.predict(name, body, events.content_type(key, data.get("contentType"), body), key=key)
     except Exception as exc:
         return settle(exc, f"object {where}", name)
 
