@@ -217,9 +217,10 @@ class FunctionStack(Stack):
         )
 
     def _model_access(self) -> None:
-        """Read exactly the model object when it lives in S3; a packaged model needs nothing."""
-        source = self.spec.model.source
-        if urlparse(source).scheme != "s3":
-            return
-        bucket, key = s3_uri_parts(source)
-        allow(self.role, ["s3:GetObject"], s3_arn(self, bucket, key), "the model object, fetched once per cold start")
+        """Read exactly the model objects (every version's) that live in S3; a packaged model needs nothing."""
+        model = self.spec.model
+        for source in [model.source, *(v.source for v in model.versions.values())]:
+            if urlparse(source).scheme != "s3":
+                continue
+            bucket, key = s3_uri_parts(source)
+            allow(self.role, ["s3:GetObject"], s3_arn(self, bucket, key), "a model object, fetched once per cold start")

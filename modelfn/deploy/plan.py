@@ -74,9 +74,11 @@ MODEL_SUFFIXES = (".onnx", ".ort")
 
 def left_behind(spec: FunctionSpec) -> set[Path]:
     """Model files in the function folder that the spec does not serve (the original that
-    `modelfn optimize` keeps beside its output, an older export): no bundle ships them."""
-    served = (spec.folder / spec.model.source).resolve()
-    return {p for p in spec.folder.rglob("*") if p.suffix in MODEL_SUFFIXES and p.resolve() != served}
+    `modelfn optimize` keeps beside its output, an older export): no bundle ships them. Every
+    version in `[model.versions]` is served."""
+    sources = [spec.model.source, *(v.source for v in spec.model.versions.values())]
+    served = {(spec.folder / source).resolve() for source in sources}
+    return {p for p in spec.folder.rglob("*") if p.suffix in MODEL_SUFFIXES and p.resolve() not in served}
 
 
 def function_files(spec: FunctionSpec) -> Callable[[str, list[str]], set[str]]:
