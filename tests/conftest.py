@@ -13,6 +13,33 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 pytest_plugins = ["support.aws_fixtures"]
+
+SLOW_MODULES = {
+    # whole modules that start servers or subprocesses, or synthesise CDK apps: `pytest -m "not slow"`
+    # leaves them out for a fast loop; single slow tests elsewhere carry @pytest.mark.slow themselves
+    "test_aws_runtime",  # the Lambda runtime client against a loopback Runtime API
+    "test_azure_azurite",  # Azurite
+    "test_azure_deploy",  # the generated app in a worker subprocess
+    "test_batching_faults",  # uvicorn servers under faults
+    "test_cdk_cli",  # the real `npx cdk synth`
+    "test_cdk_stacks",  # CDK synthesis, cdk-nag and cfn-lint
+    "test_cdk_workflow",  # actionlint
+    "test_faults",  # model sources and servers under faults
+    "test_fuzz",  # schemathesis against a live server
+    "test_gcp_container",  # podman builds
+    "test_gcp_deploy",  # functions-framework on the generated folder
+    "test_gcp_functions",  # functions-framework servers and the emulators
+    "test_layer",  # pip downloads and a bare Python 3.12
+    "test_log_privacy",  # the Lambda runtime client and servers
+    "test_sentence_embed",  # the 86 MB model
+    "test_plan",  # the real `modelfn` command in subprocesses
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 FUNCTIONS = ROOT / "functions"
 
 os.environ.update(

@@ -265,6 +265,7 @@ def test_cloud_run_and_cloud_functions_require_iam_unless_auth_is_none(tmp_path:
     assert "--trigger-http --allow-unauthenticated" in written["functions-open"]
 
 
+@pytest.mark.slow  # CDK synthesis
 def test_cdk_stack_defaults_to_iam_on_the_http_api_and_the_function_url(tmp_path: Path) -> None:
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     pytest.importorskip("aws_cdk", reason="the CDK app needs aws-cdk-lib (pip install 'modelfn[cdk]')")
