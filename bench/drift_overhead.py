@@ -8,6 +8,7 @@ alike. Prints per-call medians and minimums of the block medians, and the differ
 
 Variants (one LambdaApp each, same model file, same events):
 - off: no profile, no cache;
+- off-again: the same as off, another session of the same model: the A/A noise floor;
 - drift: profile.json from events/samples/breast-cancer.jsonl, window 1000 requests;
 - cache-miss: [cache] on, in-process, every event new to it (key, lookup, store);
 - cache-hit: [cache] on, one event repeated (key, lookup, no model run).
@@ -84,6 +85,7 @@ def main() -> None:
     cache = "\n[cache]\nenabled = true\nsize = 1024\n"
     folders = {
         "off": function_folder(root, "off", "\n[drift]\nenabled = false\n", None),
+        "off-again": function_folder(root, "off-again", "\n[drift]\nenabled = false\n", None),
         "drift": function_folder(root, "drift", "\n[drift]\nwindow_requests = 1000\nmin_rows = 500\n", profile_path),
         "cache-miss": function_folder(root, "cache-miss", cache, None),
         "cache-hit": function_folder(root, "cache-hit", cache, None),

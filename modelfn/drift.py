@@ -3,13 +3,14 @@ its outputs into the reference profile's bins and, once per window (N requests o
 seconds), reports each feature's population stability index (PSI) against the profile.
 
 The per-request cost is a few list appends: the decoded feeds and outputs the profile reads
-wait, by reference, until `BLOCK_ROWS` rows have come or the window closes; then they are
+wait (by reference, narrow tensors only) until `BLOCK_ROWS` rows have come or the window closes; then they are
 summarised and binned at once (`searchsorted` + `bincount`) and let go. Memory is those rows
 plus one counter per bin, bounded and constant per function; values never leave the process
 and are held only until the next binning."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -17,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from modelfn.profile import Profile, bin_index, extract, psi
+from modelfn.profile import MAX_COLUMNS, Profile, bin_index, extract, psi
 from modelfn.spec import DriftSpec
 
-BLOCK_ROWS = 256
+BLOCK_ROWS = 1024
 
 
 class DriftReport:
@@ -84,7 +85,9 @@ class _Tensor:
         self.outputs = role == "output"
         self.tensor = tensor
         self.shape = tuple(shape) if shape is not None else None
-        self.fixed = self.shape is not None and None not in self.shape
+        # narrow rows wait by reference and are summarised together; wide ones (an image, an
+        # embedding) are summarised at once, so what waits stays under BLOCK_ROWS x MAX_COLUMNS values
+        self.fixed = self.shape is not None and None not in self.shape and math.prod(self.shape) <= MAX_COLUMNS  # type: ignore[arg-type]
         self.sources: list[tuple[Any, int]] = []  # (Source, first feature index)
         self.pending: list[Any] = []
 
@@ -147,24 +150,24 @@ class DriftMonitor:
         return report
 
     def _take(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-        taken = []
         rows = -1
-        for tensor in self._tensors:
+        for taken, tensor in enumerate(self._tensors):
             values = (outputs if tensor.outputs else feeds).get(tensor.tensor)
-            if values is None:
+            if values is not None and values.ndim == 0:
+                values = values.reshape(1)
+            if (
+                values is None
+                or (rows >= 0 and values.shape[0] != rows)
+                or (tensor.fixed and values.shape[1:] != tensor.shape)
+            ):
+                for undo in self._tensors[:taken]:  # a shape the profile does not describe: not counted
+                    undo.pending.pop()
                 self.skipped += 1
                 return
-            if values.ndim == 0:
-                values = values.reshape(1)
-            if (tensor.fixed and values.shape[1:] != tensor.shape) or (rows >= 0 and values.shape[0] != rows):
-                self.skipped += 1  # a shape the profile does not describe: counted as skipped, not binned
-                return
             rows = values.shape[0]
-            taken.append(values)
-        for tensor, values in zip(self._tensors, taken, strict=True):
             if tensor.fixed:
                 tensor.pending.append(values)
-            else:  # rows of varying shape cannot be stacked later: summarised now
+            else:  # rows of varying shape, or wide ones: summarised now
                 tensor.pending.append([extract(source.summary, values) for source, _ in tensor.sources])
         self.pending_rows += rows
         self.rows += rows
@@ -178,15 +181,15 @@ class DriftMonitor:
         indices = []
         for tensor in self._tensors:
             if tensor.fixed:
-                stacked = np.concatenate(tensor.pending, axis=0)
+                stacked = np.concatenate(tensor.pending, axis=0).astype(np.float64, copy=False)
                 matrices = [extract(source.summary, stacked) for source, _ in tensor.sources]
             else:
                 matrices = [np.concatenate(parts, axis=0) for parts in zip(*tensor.pending, strict=True)]
             tensor.pending = []
             for (source, first), matrix in zip(tensor.sources, matrices, strict=True):
                 for j, feature in enumerate(source.features):
-                    column = np.asarray(matrix[:, j], dtype=np.float64)
-                    indices.append(bin_index(column, feature.edges, feature.categorical) + self._offsets[first + j])
+                    found = bin_index(matrix[:, j], feature.edges, feature.categorical)
+                    indices.append(found + self._offsets[first + j])
         self.pending_rows = 0
         self.counts += np.bincount(np.concatenate(indices), minlength=self._total_bins)
 
