@@ -84,6 +84,10 @@ sns = { topic = "snap-requests" }
 name = "events"
 [model]
 source = "s3://acme-models/cancer/v3/model.onnx"
+[model.versions.4]
+source = "s3://acme-models/cancer/v4/model.onnx"
+[traffic]
+shadow = "4"
 [triggers]
 http = false
 sqs = { batch_size = 20, output_s3 = "s3://acme-results/from-sqs/" }
@@ -450,6 +454,7 @@ def test_role_reads_only_the_model_object_and_input_prefix_and_writes_only_outpu
     grants = role_grants(synth, "events")
     assert grants["s3:GetObject"] == {
         "arn:aws:s3:::acme-models/cancer/v3/model.onnx",
+        "arn:aws:s3:::acme-models/cancer/v4/model.onnx",  # the shadow version's model, [model.versions.4]
         "arn:aws:s3:::acme-inputs/incoming/*",
     }
     assert grants["s3:PutObject"] == {
