@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -51,84 +52,109 @@ def merge(feeds: list[Feeds], pad_value: float | None) -> Feeds:
 
 
 class MicroBatcher:
-    """One per function. A single worker drains the queue: it takes whatever has arrived
-    (up to `max_batch_size` rows), waits at most `max_latency_ms` for more, runs once in a
-    thread, and hands each caller its rows. While one batch runs the next one gathers."""
+    """One per function, on the event loop; no lockstep. A request that finds the model idle
+    runs at once, with whatever else is already queued (no waiting at light load). While a
+    batch runs, the next one gathers: it starts when a run slot frees up (`runs` in flight
+    at most), or once it is full (`max_batch_size` rows) or has waited `max_latency_ms` while
+    a slot is free. So batches grow with the load, up to the maximum, and the model never
+    idles while answers go out and the next requests arrive."""
 
     def __init__(
-        self, fn: ModelFunction, executor: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None
+        self,
+        fn: ModelFunction,
+        executor: ThreadPoolExecutor,
+        on_batch: Callable[[int], None] | None = None,
+        runs: int = 2,
     ) -> None:
         self.fn = fn
         self.executor = executor
         self.max_rows = fn.spec.batching.max_batch_size
         self.max_wait = fn.spec.batching.max_latency_ms / 1000
         self.pad = fn.spec.batching.pad_value
+        self.runs = runs
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.worker: asyncio.Task[None] | None = None
+        self.in_flight: set[asyncio.Task[None]] = set()
         self.on_batch = on_batch
 
     async def submit(self, decoded: Decoded) -> Outputs:
         loop = asyncio.get_running_loop()
         if self.worker is not None and self.worker.get_loop() is not loop:
             # an adapter that runs each request on a fresh event loop: start over on this one
-            self.queue, self.worker = asyncio.Queue(), None
+            self.queue, self.worker, self.in_flight = asyncio.Queue(), None, set()
         if self.worker is None or self.worker.done():
             self.worker = loop.create_task(self._drain())
         future: asyncio.Future[Outputs] = loop.create_future()
-        await self.queue.put(_Pending(decoded, future))
+        self.queue.put_nowait(_Pending(decoded, future))
         return await future
 
     async def close(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.worker
+        for task in [self.worker, *self.in_flight]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _take_queued(self, batch: list[_Pending], rows: int) -> int:
+        while rows < self.max_rows and not self.queue.empty():
+            item = self.queue.get_nowait()
+            batch.append(item)
+            rows += item.rows
+        return rows
 
     async def _gather(self) -> list[_Pending]:
         batch = [await self.queue.get()]
-        rows = batch[0].rows
+        rows = self._take_queued(batch, batch[0].rows)
         deadline = time.monotonic() + self.max_wait
-        while rows < self.max_rows:
-            if self.queue.empty():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), remaining)
-                except TimeoutError:
-                    break
-            else:
-                item = self.queue.get_nowait()
-            batch.append(item)
-            rows += item.rows
+        # the model is busy: this batch fills while it works, until a slot frees up (and a little
+        # longer, up to max_latency_ms, while the other slot still runs); an idle model never waits
+        while rows < self.max_rows and self.in_flight:
+            slot_free = len(self.in_flight) < self.runs
+            if slot_free and time.monotonic() >= deadline:
+                break
+            getter: asyncio.Task[_Pending] = asyncio.ensure_future(self.queue.get())
+            waits: set[asyncio.Future[Any]] = {getter, *self.in_flight}
+            timeout = max(0.0, deadline - time.monotonic()) if slot_free else None
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done() or not getter.cancel():  # cancel() is False when it was taken meanwhile
+                batch.append(getter.result())
+                rows = self._take_queued(batch, rows + batch[-1].rows)
         return batch
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = [p for p in await self._gather() if not p.future.done()]  # cancelled callers drop out
-            groups: dict[tuple[object, ...], list[_Pending]] = {}
-            for pending in batch:
-                groups.setdefault(_group_key(pending.decoded.feeds, self.pad is not None), []).append(pending)
-            for group in groups.values():
-                try:
-                    feeds = merge([p.decoded.feeds for p in group], self.pad)
-                    outputs = await loop.run_in_executor(self.executor, self.fn.run, feeds)
-                    parts = self.fn.split(outputs, [p.rows for p in group])
-                except Exception as exc:  # one bad merged run fails only its own callers
-                    if len(group) > 1:
-                        await self._one_by_one(group)
-                        continue
-                    parts = [exc]  # type: ignore[list-item]
-                if self.on_batch:
-                    self.on_batch(sum(p.rows for p in group))
-                for pending, part in zip(group, parts, strict=True):
-                    if pending.future.done():
-                        continue
-                    if isinstance(part, BaseException):
-                        pending.future.set_exception(part)
-                    else:
-                        pending.future.set_result(part)
+            if not batch:
+                continue
+            task = loop.create_task(self._run(batch))
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        groups: dict[tuple[object, ...], list[_Pending]] = {}
+        for pending in batch:
+            groups.setdefault(_group_key(pending.decoded.feeds, self.pad is not None), []).append(pending)
+        for group in groups.values():
+            try:
+                feeds = merge([p.decoded.feeds for p in group], self.pad)
+                outputs = await loop.run_in_executor(self.executor, self.fn.run, feeds)
+                parts = self.fn.split(outputs, [p.rows for p in group])
+            except Exception as exc:  # one bad merged run fails only its own callers
+                if len(group) > 1:
+                    await self._one_by_one(group)
+                    continue
+                parts = [exc]  # type: ignore[list-item]
+            if self.on_batch:
+                self.on_batch(sum(p.rows for p in group))
+            for pending, part in zip(group, parts, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(part, BaseException):
+                    pending.future.set_exception(part)
+                else:
+                    pending.future.set_result(part)
 
     async def _one_by_one(self, group: list[_Pending]) -> None:
         """A merged run failed: run each request alone so the error lands on its sender only."""

@@ -235,7 +235,7 @@ class Service:
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            workers = max(2, len(self.registry.specs))
+            workers = 2 * max(1, len(self.registry.specs))  # two runs in flight per function (no lockstep)
             self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelfn-run")
         return self._executor
 
