@@ -55,17 +55,32 @@ def _app(functions_dir: Path | None, names: list[str] | None, max_body_mb: float
 
 
 def reloading_app() -> Any:
-    """`serve --reload`: uvicorn imports this factory in every fresh server process, so what to
-    serve comes through the environment that `cmd_serve` set."""
+    """`serve --reload` and `serve --workers N`: uvicorn imports this factory in every server
+    process it starts, so what to serve comes through the environment that `cmd_serve` set."""
     names = [n for n in os.environ.get("MODELFN_SERVE_NAMES", "").split(",") if n]
     return _app(None, names or None, None, os.environ.get("MODELFN_SERVE_URL", ""))
+
+
+def _default_workers(functions_dir: Path | None, names: list[str] | None) -> int:
+    """$MODELFN_WORKERS, else one process; where a GPU function is served, one per CPU up to
+    four: one Python process cannot hand a GPU work fast enough."""
+    configured = os.environ.get("MODELFN_WORKERS")
+    if configured:
+        return max(1, int(configured))
+    from modelfn.registry import Registry
+
+    specs = Registry.from_dir(functions_dir, names).specs.values()
+    if any(spec.runtime.accelerator == "gpu" for spec in specs):
+        return max(1, min(4, os.cpu_count() or 1))
+    return 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     base = f"http://{args.host}:{args.port}"
-    if not args.reload:
+    workers = args.workers or _default_workers(_functions_dir(args), args.names or None)
+    if not args.reload and workers == 1:
         app = _app(_functions_dir(args), args.names or None, args.max_body_mb, base)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         return 0
@@ -75,12 +90,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from modelfn.spec import functions_dir
 
     folder = (_functions_dir(args) or functions_dir()).resolve()
-    Registry.from_dir(folder, args.names or None)  # unknown names fail here, once, not in every reload
+    Registry.from_dir(folder, args.names or None)  # unknown names fail here, once, not in every process
     os.environ.update(
         {"MODELFN_FUNCTIONS_DIR": str(folder), "MODELFN_SERVE_NAMES": ",".join(args.names), "MODELFN_SERVE_URL": base}
     )
     if args.max_body_mb:
         os.environ["MODELFN_MAX_BODY_MB"] = str(args.max_body_mb)
+    if not args.reload:
+        # several processes on one port (the kernel spreads connections): each has its own
+        # session and micro-batcher, so one GPU is fed by as many Python processes
+        print(f"modelfn: {workers} server processes", file=sys.stderr)
+        uvicorn.run(
+            "modelfn.cli:reloading_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            workers=workers,
+        )
+        return 0
     package = Path(modelfn.__file__).resolve().parent
     code = [str(package), str(package.parent / "handlers")]  # the adapters, watched as files: never imported here
     uvicorn.run(
@@ -262,6 +290,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-mb", type=float, default=None, help="largest accepted request body")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--reload", action="store_true", help="restart on changes to the functions and the code")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes on the port (default: $MODELFN_WORKERS, else 1; up to 4 where a GPU function is served)",
+    )
     serve.set_defaults(run=cmd_serve)
 
     invoke = sub.add_parser(

@@ -92,6 +92,44 @@ def test_a_new_model_folder_is_served_with_no_code(tmp_path: Path) -> None:
     assert f"POST {url}/functions/doubler-free" in stderr
 
 
+@pytest.mark.slow
+def test_serve_workers_runs_several_processes_on_one_port(tmp_path: Path) -> None:
+    function_folder(tmp_path, "echo", identity(TensorProto.INT32, ["n", 3]))
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelfn.cli",
+            "serve",
+            "--functions-dir",
+            str(tmp_path),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url, process)
+        answers = [httpx.post(f"{url}/functions/echo", json={"x": [[i, 2, 3]]}).json() for i in range(8)]
+        assert answers == [{"y": [[i, 2, 3]]} for i in range(8)]
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        servers = [
+            c for c in children if "reloading_app" in Path(f"/proc/{c}/cmdline").read_text(errors="replace") or True
+        ]
+        assert len(servers) >= 2, children
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert "modelfn: 2 server processes" in stderr
+
+
 def without(*modules: str) -> dict[str, str]:
     """The environment of a machine where these modules' extra is not installed."""
     path = os.pathsep.join(p for p in (str(WITHOUT), os.environ.get("PYTHONPATH")) if p)

@@ -210,6 +210,9 @@ def test_gpu_service_requests_an_l4_with_the_minimums_it_needs(tmp_path: Path) -
         assert annotations["run.googleapis.com/gpu-zonal-redundancy-disabled"] == "true"
         assert annotations["autoscaling.knative.dev/minScale"] == "1"
         assert annotations["autoscaling.knative.dev/maxScale"] == "3"
+    served = load(written[0])["spec"]["template"]["spec"]["containers"][0]
+    # one server process per CPU feeds the GPU
+    assert {"name": "MODELFN_WORKERS", "value": served["resources"]["limits"]["cpu"]} in served["env"]
     events = load(written[1])
     container = events["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["functions-framework"]

@@ -112,11 +112,14 @@ def cloud_run_service(
         "run.googleapis.com/execution-environment": "gen2",
     }
     limits = {"cpu": str(size.cpu), "memory": size.memory}
+    env = [{"name": "MODELFN_FUNCTION", "value": spec.name}]
+    if gpu:  # one server process per CPU feeds the GPU (one alone keeps it a few percent busy)
+        env.append({"name": "MODELFN_WORKERS", "value": str(size.cpu)})
     container: dict[str, Any] = {
         "name": "modelfn",
         "image": image(spec, project, region),
         "ports": [{"name": "http1", "containerPort": PORT}],
-        "env": [{"name": "MODELFN_FUNCTION", "value": spec.name}],
+        "env": env,
         "resources": {"limits": limits},
     }
     if events:
