@@ -35,7 +35,7 @@ from modelfn_cdk.stack import HANDLER  # noqa: E402
 from modelfn.deploy.dependencies import requirements  # noqa: E402
 from modelfn.deploy.layer import find_interpreter  # noqa: E402
 from modelfn.deploy.plan import place  # noqa: E402
-from modelfn.spec import load_spec  # noqa: E402
+from modelfn.spec import FunctionSpec, load_spec  # noqa: E402
 
 CANCER_MODEL = ROOT / "functions" / "breast-cancer" / "model.onnx"
 DIGITS_MODEL = ROOT / "functions" / "digits" / "model.onnx"
@@ -145,15 +145,20 @@ def write_functions(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def layers() -> None:
-    """The layers under build/layers, built once: pip downloads the wheels the first time."""
+def build_layers(*specs: FunctionSpec) -> None:
+    """The layers under build/layers that `specs` need (breast-cancer's when none are given),
+    each built once: pip downloads the wheels the first time; skips the test where it cannot."""
     try:
         runtime_layer("3.12", "x86_64", ROOT / "build" / "layers", None)
-        tensor_codec = requirements(load_spec(ROOT / "functions" / "breast-cancer"), "aws")
-        dependency_layer(tensor_codec, "3.12", "x86_64", ROOT / "build" / "layers")
+        for spec in specs or (load_spec(ROOT / "functions" / "breast-cancer"),):
+            dependency_layer(requirements(spec, "aws"), "3.12", "x86_64", ROOT / "build" / "layers")
     except (RuntimeError, DeployRefused) as exc:
         pytest.skip(f"the Lambda layers could not be built here (PyPI unreachable?): {exc}")
+
+
+@pytest.fixture(scope="module")
+def layers() -> None:
+    build_layers()
 
 
 @dataclass
@@ -183,15 +188,14 @@ class Synthesis:
         raise AssertionError(f"{name}: no Lambda function serves it")
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory, layers: None) -> Synthesis:
-    root = tmp_path_factory.mktemp("cdk-options")
-    functions = write_functions(root / "functions")
+def synthesise(root: Path, functions: Path, extra: dict[str, Any] | None = None) -> Synthesis:
+    """The app for every function under `functions`, synthesised in-process into `root`
+    (`cdk.out` and the staging folder), with cdk.json's context and `extra` on top."""
     context = {
         **CDK_CONTEXT,
         "modelfn:functionsDir": str(functions),
         "modelfn:stagingDir": str(root / "staging"),
-        "modelfn:schedules": SCHEDULES,
+        **(extra or {}),
     }
     app = App(context=context, outdir=str(root / "cdk.out"))
     built = build(app, Settings.from_context(app.node))
@@ -201,6 +205,12 @@ def synth(tmp_path_factory: pytest.TempPathFactory, layers: None) -> Synthesis:
         for name, stack in built.stacks.items()
     }
     return Synthesis(root / "cdk.out", root / "staging", built.skipped, templates)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory, layers: None) -> Synthesis:
+    root = tmp_path_factory.mktemp("cdk-options")
+    return synthesise(root, write_functions(root / "functions"), {"modelfn:schedules": SCHEDULES})
 
 
 def render(value: Any) -> str:
