@@ -120,6 +120,8 @@ ERRORS = {
     422: "The input does not fit the model: names, dtype, shape, NaN, values out of range.",
     503: "The function's model could not be fetched, verified or loaded.",
 }
+MEDIA = {"Metrics": "text/plain"}
+"""Success bodies that are not JSON, by schema name."""
 PAYLOAD_BODY = {
     "required": True,
     "content": {
@@ -163,7 +165,7 @@ def document(functions: list[str]) -> dict[str, Any]:
 
 def operation(route: Route, functions: tuple[str, ...]) -> dict[str, Any]:
     responses: dict[str, Any] = {
-        str(status): {"description": name, "content": {JSON: {"schema": ref(name)}}}
+        str(status): {"description": name, "content": {MEDIA.get(name, JSON): {"schema": ref(name)}}}
         for status, name in route.success.items()
     }
     responses |= {str(status): {"$ref": f"#/components/responses/Error{status}"} for status in route.errors}

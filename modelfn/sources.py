@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -319,17 +320,18 @@ def clean_partials(directory: Path, max_age_s: float = STALE_PARTIAL_S) -> list[
     of this host that is gone. A download in progress is neither."""
     removed = []
     now = time.time()
-    for path in directory.glob(".partial-*"):
-        owner = _partial_owner(path.name)
-        try:
-            stale = now - path.stat().st_mtime > max_age_s or (
-                owner is not None and owner[0] == _host() and not _alive(owner[1], path.name)
-            )
-            if stale:
-                path.unlink()
-                removed.append(path)
-        except FileNotFoundError:
-            continue
+    with _partials_lock:  # a partial this process creates is registered in the same breath
+        for path in directory.glob(".partial-*"):
+            owner = _partial_owner(path.name)
+            try:
+                stale = now - path.stat().st_mtime > max_age_s or (
+                    owner is not None and owner[0] == _host() and not _alive(owner[1], path.name)
+                )
+                if stale:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
     if removed:
         log.info("removed %d partial model download(s) left in %s", len(removed), directory)
     return removed
@@ -337,6 +339,7 @@ def clean_partials(directory: Path, max_age_s: float = STALE_PARTIAL_S) -> list[
 
 _cleaned: set[Path] = set()
 _downloading: set[str] = set()
+_partials_lock = threading.Lock()
 
 
 def _local(source: str, folder: Path, sha256: str | None) -> Path:
@@ -384,8 +387,9 @@ def resolve(source: str, folder: Path, sha256: str | None = None, progress: Prog
                 target.unlink()  # a stale or tampered cache entry: fetch again
         import tempfile
 
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".partial-{_host()}~{os.getpid()}~")
-        _downloading.add(Path(tmp_name).name)
+        with _partials_lock:
+            fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".partial-{_host()}~{os.getpid()}~")
+            _downloading.add(Path(tmp_name).name)
         try:
             with os.fdopen(fd, "wb") as tmp:
                 FETCHERS[scheme](source, tmp, progress)
