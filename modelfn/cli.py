@@ -96,30 +96,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.max_body_mb:
         os.environ["MODELFN_MAX_BODY_MB"] = str(args.max_body_mb)
-    if not args.reload:
+    options: dict[str, Any] = {"workers": workers}
+    if args.reload:
+        package = Path(modelfn.__file__).resolve().parent
+        code = [str(package), str(package.parent / "handlers")]  # the adapters, watched as files: never imported
+        options = {
+            "reload": True,
+            "reload_dirs": [str(folder), *code],
+            "reload_includes": ["*.py", "*.toml", "*.onnx", "*.json"],
+        }
+    else:
         # several processes on one port (the kernel spreads connections): each has its own
         # session and micro-batcher, so one GPU is fed by as many Python processes
         print(f"modelfn: {workers} server processes", file=sys.stderr)
-        uvicorn.run(
-            "modelfn.cli:reloading_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            workers=workers,
-        )
-        return 0
-    package = Path(modelfn.__file__).resolve().parent
-    code = [str(package), str(package.parent / "handlers")]  # the adapters, watched as files: never imported here
     uvicorn.run(
-        "modelfn.cli:reloading_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        reload=True,
-        reload_dirs=[str(folder), *code],
-        reload_includes=["*.py", "*.toml", "*.onnx", "*.json"],
+        "modelfn.cli:reloading_app", factory=True, host=args.host, port=args.port, log_level=args.log_level, **options
     )
     return 0
 

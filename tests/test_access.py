@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from live_server import LiveServer
+from support.providers import azure_request
 
 from handlers.local.aws import LocalContext
 from modelfn import http as modelfn_http
@@ -182,7 +183,6 @@ _azure: dict[str, Any] = {}
 
 
 def azure_call(method: str, path: str, body: Any, headers: dict[str, str]) -> int:
-    import azure.functions as func
 
     from handlers.az.http import serve
     from handlers.azure_functions import ServedFunction
@@ -190,13 +190,7 @@ def azure_call(method: str, path: str, body: Any, headers: dict[str, str]) -> in
     if "served" not in _azure:  # one per worker process, as the host keeps it; loaded as at start
         _azure["served"] = ServedFunction(load_spec(FUNCTIONS / "breast-cancer"))
         _azure["served"].registry.load_all()
-    request = func.HttpRequest(
-        method,
-        f"https://modelfn.azurewebsites.net{path}",
-        headers={"content-type": "application/json", **headers},
-        route_params={"path": path.lstrip("/")},
-        body=b"" if body is None else json.dumps(body).encode(),
-    )
+    request = azure_request(method, path, b"" if body is None else json.dumps(body).encode(), headers)
     return int(serve(_azure["served"], request).status_code)
 
 

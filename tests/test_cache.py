@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from support.providers import azure_request, example_copy
 
 from modelfn import cache as cache_module
 from modelfn.cache import LocalCache, feeds_key, pack, unpack
@@ -35,11 +36,7 @@ def _row(i: int = 0) -> list[float]:
 @pytest.fixture(scope="module")
 def functions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("functions")
-    folder = root / "breast-cancer"
-    folder.mkdir()
-    shutil.copy(ROOT / "functions" / "breast-cancer" / "model.onnx", folder)
-    spec = (ROOT / "functions" / "breast-cancer" / "function.toml").read_text()
-    (folder / "function.toml").write_text(spec + f"\n[cache]\nenabled = true\nsize = 64\ntimeout_ms = {TIMEOUT_MS}\n")
+    example_copy(root, extra_toml=f"[cache]\nenabled = true\nsize = 64\ntimeout_ms = {TIMEOUT_MS}\n")
     return root
 
 
@@ -131,21 +128,12 @@ def test_every_provider_answers_a_repeat_from_the_cache(
         assert _gcp(body) == _gcp(body) == 200
         service = instance.service()
     else:
-        import azure.functions as func
-
         from handlers.az.http import serve
         from handlers.azure_functions import ServedFunction, resolve_spec
 
         served = ServedFunction(resolve_spec("breast-cancer"))
         for _ in range(2):
-            request = func.HttpRequest(
-                "POST",
-                "https://modelfn.azurewebsites.net/functions/breast-cancer",
-                headers={"content-type": "application/json"},
-                route_params={"path": "functions/breast-cancer"},
-                body=body,
-            )
-            assert serve(served, request).status_code == 200
+            assert serve(served, azure_request("POST", "functions/breast-cancer", body)).status_code == 200
         service = served.service
     assert service.monitor.caches["breast-cancer"].counts == {"hit": 1, "miss": 1, "error": 0}
 

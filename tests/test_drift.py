@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.providers import azure_request, example_copy
 
 from modelfn.cli import main as cli
 from modelfn.drift import DriftMonitor, DriftReport
@@ -40,11 +41,7 @@ def split(cancer_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def functions(tmp_path_factory: pytest.TempPathFactory, split: tuple[np.ndarray, np.ndarray]) -> Path:
     """breast-cancer with a drift window of WINDOW requests and a profile made by the CLI."""
     root = tmp_path_factory.mktemp("functions")
-    folder = root / "breast-cancer"
-    folder.mkdir()
-    shutil.copy(ROOT / "functions" / "breast-cancer" / "model.onnx", folder)
-    spec = (ROOT / "functions" / "breast-cancer" / "function.toml").read_text()
-    (folder / "function.toml").write_text(spec + f"\n[drift]\nwindow_requests = {WINDOW}\nmin_rows = {WINDOW}\n")
+    example_copy(root, extra_toml=f"[drift]\nwindow_requests = {WINDOW}\nmin_rows = {WINDOW}\n")
     data = root / "reference.jsonl"
     data.write_text("".join(json.dumps({"X": row.tolist()}) + "\n" for row in split[0]))
     assert cli(["profile", "breast-cancer", "--data", str(data), "--functions-dir", str(root)]) == 0
@@ -224,7 +221,6 @@ def test_cloud_functions_log_drift_as_structured_json(
 def test_azure_logs_drift_windows_from_http_and_blob_alike(
     provider_functions: Path, split: tuple[np.ndarray, np.ndarray], caplog: pytest.LogCaptureFixture
 ) -> None:
-    import azure.functions as func
 
     from handlers.az.http import serve
     from handlers.azure_functions import ServedFunction, resolve_spec
@@ -233,14 +229,7 @@ def test_azure_logs_drift_windows_from_http_and_blob_alike(
     assert served.objects.monitor is served.service.monitor
     caplog.set_level(logging.INFO, logger="modelfn.metrics")
     for body in _bodies(shifted(split[1])):
-        request = func.HttpRequest(
-            "POST",
-            "https://modelfn.azurewebsites.net/functions/breast-cancer",
-            headers={"content-type": "application/json"},
-            route_params={"path": "functions/breast-cancer"},
-            body=body,
-        )
-        assert serve(served, request).status_code == 200
+        assert serve(served, azure_request("POST", "functions/breast-cancer", body)).status_code == 200
     drift = _drift_lines(caplog.records)
     assert len(drift) == 1 and drift[0]["drifted"] is True and drift[0]["drift_psi_max"] >= ALARM
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from live_server import LiveServer
+from support.providers import example_copy
 
 from modelfn.asgi import create_app
 from modelfn.deploy.profile import build
@@ -35,11 +35,7 @@ KEY = "metrics-key"
 def functions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """breast-cancer with a profile from the sample requests and a drift window of 50 requests."""
     root = tmp_path_factory.mktemp("functions")
-    folder = root / "breast-cancer"
-    folder.mkdir()
-    shutil.copy(ROOT / "functions" / "breast-cancer" / "model.onnx", folder)
-    spec = (ROOT / "functions" / "breast-cancer" / "function.toml").read_text()
-    (folder / "function.toml").write_text(spec + "\n[drift]\nwindow_requests = 50\nmin_rows = 50\n")
+    folder = example_copy(root, extra_toml="[drift]\nwindow_requests = 50\nmin_rows = 50\n")
     fn = Registry.from_dir(root).load("breast-cancer")
     build(fn, ROOT / "events" / "samples" / "breast-cancer.jsonl").save(folder / "profile.json")
     return root

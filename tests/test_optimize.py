@@ -28,6 +28,7 @@ import pytest
 from live_server import LiveServer
 from onnx import TensorProto, helper, numpy_helper
 from onnx_models import function_folder
+from support.providers import azure_request
 
 from handlers.local.aws import LocalContext
 from modelfn.deploy import optimize as opt
@@ -68,7 +69,10 @@ def embedder(weights: np.ndarray) -> onnx.ModelProto:
 
 
 @pytest.fixture
-def embed_folder(tmp_path: Path) -> Path:
+def embed_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # timings of a 256 kB model on a shared machine are noise: size alone decides what is kept
+    for figure in ("load", "latency", "throughput"):
+        monkeypatch.setitem(opt.FLOOR, figure, float("inf"))
     rng = np.random.default_rng(0)
     folder = function_folder(tmp_path / "functions", "embedder", embedder(rng.normal(size=(256, 256))))
     rows = rng.normal(size=(40, 256)).round(4)
@@ -363,7 +367,6 @@ def gcp_caller(name: str) -> Caller:
 
 
 def azure_caller(folder: Path) -> Caller:
-    import azure.functions as func
 
     from handlers.az.http import serve
     from handlers.az.served import ServedFunction
@@ -371,15 +374,7 @@ def azure_caller(folder: Path) -> Caller:
     served = ServedFunction(load_spec(folder))
 
     def call(body: bytes) -> tuple[int, Any]:
-        path = f"functions/{served.name}"
-        request = func.HttpRequest(
-            "POST",
-            f"https://modelfn.azurewebsites.net/{path}",
-            headers={"content-type": "application/json"},
-            route_params={"path": path},
-            body=body,
-        )
-        response = serve(served, request)
+        response = serve(served, azure_request("POST", f"functions/{served.name}", body))
         return response.status_code, json.loads(response.get_body())
 
     return call

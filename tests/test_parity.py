@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from live_server import LiveServer
+from support.providers import azure_request
 
 from handlers.local.aws import LocalContext
 
@@ -52,19 +53,11 @@ def gcp_call(method: str, path: str, body: bytes) -> tuple[int, Any]:
 
 
 def azure_call(method: str, path: str, body: bytes) -> tuple[int, Any]:
-    import azure.functions as func
 
     from handlers.az.http import serve
     from handlers.azure_functions import ServedFunction, resolve_spec
 
-    request = func.HttpRequest(
-        method,
-        f"https://modelfn.azurewebsites.net{path}",
-        headers={"content-type": "application/json"},
-        route_params={"path": path.lstrip("/")},
-        body=body,
-    )
-    response = serve(ServedFunction(resolve_spec("breast-cancer")), request)
+    response = serve(ServedFunction(resolve_spec("breast-cancer")), azure_request(method, path, body))
     return response.status_code, json.loads(response.get_body())
 
 

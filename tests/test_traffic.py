@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 from onnx_models import _model, save
+from support.providers import azure_request
 
 from handlers.local.aws import LocalContext
 from modelfn.agreement import compare
@@ -314,19 +315,11 @@ def gcp_call(method: str, path: str, body: bytes, headers: dict[str, str]) -> tu
 
 
 def azure_call(method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
-    import azure.functions as func
 
     from handlers.az.http import serve
     from handlers.azure_functions import ServedFunction, resolve_spec
 
-    request = func.HttpRequest(
-        method,
-        f"https://modelfn.azurewebsites.net{path}",
-        headers={"content-type": "application/json", **headers},
-        route_params={"path": path.lstrip("/")},
-        body=body,
-    )
-    response = serve(ServedFunction(resolve_spec("ab")), request)
+    response = serve(ServedFunction(resolve_spec("ab")), azure_request(method, path, body, headers))
     return response.status_code, json.loads(response.get_body()), {k.lower(): v for k, v in response.headers.items()}
 
 

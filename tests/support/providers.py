@@ -1,0 +1,34 @@
+"""What several test modules need to reach a provider in-process, written once: the Azure
+Functions HTTP request the host would hand the trigger, and a copy of an example function
+with settings added to its `function.toml`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def azure_request(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Any:
+    """`azure.functions.HttpRequest` for `path` on the catch-all route (`{*path}`), JSON by default."""
+    import azure.functions as func
+
+    return func.HttpRequest(
+        method,
+        f"https://modelfn.azurewebsites.net/{path.lstrip('/')}",
+        headers={"content-type": "application/json", **(headers or {})},
+        route_params={"path": path.lstrip("/")},
+        body=body,
+    )
+
+
+def example_copy(root: Path, name: str = "breast-cancer", extra_toml: str = "") -> Path:
+    """functions/<name>'s model and spec copied under `root`, with `extra_toml` appended."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    shutil.copy(ROOT / "functions" / name / "model.onnx", folder)
+    spec = (ROOT / "functions" / name / "function.toml").read_text()
+    (folder / "function.toml").write_text(spec + ("\n" + extra_toml if extra_toml else ""))
+    return folder
