@@ -1,7 +1,7 @@
 """What became of each answer, per model version: live or shadow, how long it took, its status,
-and for a shadow its agreement with the live answer. `record` keeps counts in `STATS` (the
-server's `GET /v2/models/{name}/stats`) and hands each observation to the recorders a provider
-subscribes: CloudWatch EMF on Lambda, a structured log line on Google Cloud and Azure."""
+and for a shadow its agreement with the live answer. `record` keeps counts in `STATS` (in
+process; the server exports them on `GET /metrics`) and hands each observation to the recorders a
+provider subscribes: CloudWatch EMF on Lambda, a structured log line on Google Cloud and Azure."""
 
 from __future__ import annotations
 
