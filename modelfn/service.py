@@ -363,6 +363,8 @@ class Service:
             return None
         versions = self.registry.traffic(params["name"])
         named = params.get("version")
+        if not versions.versioned:  # one model: nothing to choose, copy or count per version
+            return None
         fn = versions.get(named) if named else versions.choose(header_key(request.headers))
         params["version"] = fn.version
         return Serving(versions, fn, shadow=named is None)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import hashlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +40,8 @@ def version_spec(spec: FunctionSpec, version: str) -> FunctionSpec:
 def position(function: str, key: str) -> float:
     """Where a key falls in [0, 1): the same key always falls in the same place for a function,
     and keys spread evenly, so a share of keys equal to a version's weight lands on it."""
+    import hashlib  # here: OpenSSL's hashing is ~4 ms of a cold start a one-model function never needs
+
     digest = hashlib.blake2b(f"{function}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
@@ -86,6 +86,8 @@ class Versions:
         in both cases in proportion to the weights."""
         if len(self._live) == 1:
             return self.functions[self._live[0]]
+        import random
+
         point = position(self.name, key) if key else random.random()
         index = min(bisect.bisect_right(self._bounds, point), len(self._live) - 1)
         return self.functions[self._live[index]]
@@ -93,7 +95,11 @@ class Versions:
     def shadowing(self, live: ModelFunction) -> ModelFunction | None:
         """The shadow version, for the sampled share of requests (never the version answering)."""
         shadow = self.shadow
-        if shadow is None or shadow is live or (self.sample < 1 and random.random() >= self.sample):
+        if shadow is None or shadow is live:
+            return None
+        import random
+
+        if self.sample < 1 and random.random() >= self.sample:
             return None
         return shadow
 
