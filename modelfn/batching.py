@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,10 @@ class MicroBatcher:
         self.worker: asyncio.Task[None] | None = None
         self.in_flight: set[asyncio.Task[None]] = set()
         self.on_batch = on_batch
+        # A session with one intra-op thread runs beside another on the next core; one that uses
+        # several would fight the other run for them: its runs take turns, while the next batch's
+        # merging, splitting and answers still overlap the model's work.
+        self.model_turn = threading.Lock() if fn.spec.runtime.threads != 1 else None
 
     async def submit(self, decoded: Decoded) -> Outputs:
         loop = asyncio.get_running_loop()
@@ -139,7 +144,7 @@ class MicroBatcher:
         for group in groups.values():
             try:
                 feeds = merge([p.decoded.feeds for p in group], self.pad)
-                outputs = await loop.run_in_executor(self.executor, self.fn.run, feeds)
+                outputs = await loop.run_in_executor(self.executor, self._run_model, feeds)
                 parts = self.fn.split(outputs, [p.rows for p in group])
             except Exception as exc:  # one bad merged run fails only its own callers
                 if len(group) > 1:
@@ -156,12 +161,18 @@ class MicroBatcher:
                 else:
                     pending.future.set_result(part)
 
+    def _run_model(self, feeds: Feeds) -> Outputs:
+        if self.model_turn is None:
+            return self.fn.run(feeds)
+        with self.model_turn:
+            return self.fn.run(feeds)
+
     async def _one_by_one(self, group: list[_Pending]) -> None:
         """A merged run failed: run each request alone so the error lands on its sender only."""
         loop = asyncio.get_running_loop()
         for pending in group:
             try:
-                result = await loop.run_in_executor(self.executor, self.fn.run, pending.decoded.feeds)
+                result = await loop.run_in_executor(self.executor, self._run_model, pending.decoded.feeds)
             except Exception as exc:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
