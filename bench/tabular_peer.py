@@ -1,0 +1,139 @@
+"""breast-cancer at concurrency 64: `modelfn serve` against its peer, a 20-line FastAPI
+`async def` endpoint that calls `session.run` directly (what a user would write by hand), each
+in its own process on loopback, driven by the same raw keep-alive client in alternating rounds
+(ABAB...). Prints per round and the medians: requests/s, p50 and p99, and modelfn's ratio to the
+peer (the budget: at least the peer's throughput and no worse p99). Asserts nothing.
+
+    python bench/tabular_peer.py [--requests 6000] [--concurrency 64] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from load import RawConnection, ServerProcess, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "functions" / "breast-cancer" / "model.onnx"
+PATH = "/functions/breast-cancer"
+PEER = """
+import json
+import numpy as np
+import onnxruntime as ort
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+session = ort.InferenceSession({model!r}, sess_options=options)
+app = FastAPI()
+
+
+@app.post("{path}")
+async def predict(request: Request) -> Response:
+    rows = np.asarray(json.loads(await request.body())["X"], dtype=np.float32)
+    label, probabilities = session.run(None, {{"X": rows.reshape(-1, 30)}})
+    body = {{"label": label.tolist(), "probabilities": probabilities.tolist()}}
+    return Response(json.dumps(body), media_type="application/json")
+
+
+@app.get("/v2/health/ready")
+async def ready() -> dict[str, bool]:
+    return {{"ready": True}}
+"""
+
+
+class PeerProcess(ServerProcess):
+    """The hand-written FastAPI endpoint under uvicorn, with ServerProcess's readiness and stop."""
+
+    def __init__(self) -> None:
+        self.name = "fastapi peer"
+        self.port = free_port()
+        self.scratch = Path(tempfile.mkdtemp(prefix="modelfn-peer-"))
+        (self.scratch / "peer.py").write_text(PEER.format(model=str(MODEL), path=PATH))
+        self.log = (self.scratch / "server.log").open("w+b")
+        command = [sys.executable, "-m", "uvicorn", "peer:app", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--log-level", "warning", "--no-access-log"]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.scratch)
+
+
+def bodies() -> list[bytes]:
+    from sklearn.datasets import load_breast_cancer
+
+    return [json.dumps({"X": row.tolist()}).encode() for row in load_breast_cancer().data[:256]]
+
+
+async def drive(port: int, payloads: list[bytes], requests: int, concurrency: int) -> tuple[float, list[float]]:
+    """Requests/s and every latency, `concurrency` connections each with one request in flight."""
+    latencies: list[float] = []
+    sent = iter(range(requests))
+
+    async def worker() -> None:
+        connection = RawConnection("127.0.0.1", port, PATH, payloads)
+        try:
+            for index in sent:
+                started = time.perf_counter()
+                status, _ = await connection.send(index)
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    raise RuntimeError(f"status {status}")
+        finally:
+            await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return requests / (time.perf_counter() - started), latencies
+
+
+def line(rate: float, p50: float, p99: float) -> str:
+    return f"{rate:8.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    payloads = bodies()
+    servers = {"modelfn serve": ServerProcess("breast-cancer"), "fastapi peer": PeerProcess()}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in servers}
+    try:
+        for server in servers.values():
+            server.wait_ready()
+            asyncio.run(drive(server.port, payloads, 500, args.concurrency))  # warm-up
+        print(f"breast-cancer, {args.requests} requests at concurrency {args.concurrency}, {args.rounds} rounds (ABAB)")
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        for round_ in range(args.rounds):
+            for name, server in servers.items():
+                rate, latencies = asyncio.run(drive(server.port, payloads, args.requests, args.concurrency))
+                figures = (rate, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000)
+                results[name].append(figures)
+                print(f"  round {round_ + 1} {name:14} {line(*figures)}")
+    finally:
+        for server in servers.values():
+            server.stop()
+    medians = {name: [statistics.median(f[i] for f in rows) for i in range(3)] for name, rows in results.items()}
+    for name, (rate, p50, p99) in medians.items():
+        print(f"median {name:14} {line(rate, p50, p99)}")
+    ours, peer = medians["modelfn serve"], medians["fastapi peer"]
+    ratio, tail = ours[0] / peer[0], ours[2] / peer[2]
+    print(f"modelfn / peer: throughput {ratio:.2f}x, p99 {tail:.2f}x (budget: throughput >= 1.00x, p99 <= 1.00x)")
+
+
+if __name__ == "__main__":
+    main()
