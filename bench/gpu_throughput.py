@@ -13,14 +13,11 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from load import RawConnection, ServerProcess
-from server_throughput import FUNCTION, SENTENCES
+from load import ServerProcess, closed_loop
+from server_throughput import FUNCTION, SENTENCES, _functions_dir
 
 PATH = "/functions/sentence-embed"
 
@@ -38,46 +35,6 @@ def offline(provider: str, batch: int, seconds: float = 5.0) -> float:
         session.run(None, hooks.tokenize(texts))
         done += batch
     return done / (time.perf_counter() - started)
-
-
-def functions_dir(max_batch: int, gpu: bool) -> Path:
-    root = Path(tempfile.mkdtemp(prefix="modelfn-gpu-bench-"))
-    folder = root / "sentence-embed"
-    folder.mkdir()
-    for name in ("hooks.py", "tokenizer.json"):
-        shutil.copy(FUNCTION / name, folder / name)
-    try:
-        os.link(FUNCTION / "model.onnx", folder / "model.onnx")
-    except OSError:
-        shutil.copy(FUNCTION / "model.onnx", folder / "model.onnx")
-    toml = (FUNCTION / "function.toml").read_text()
-    toml = toml.replace("max_batch_size = 32", f"max_batch_size = {max_batch}")
-    if gpu:
-        toml = toml.replace("[runtime]\n", '[runtime]\naccelerator = "gpu"\n')
-    (folder / "function.toml").write_text(toml)
-    return root
-
-
-async def drive(port: int, requests: int, concurrency: int) -> tuple[float, list[float]]:
-    bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
-    latencies: list[float] = []
-    sent = iter(range(requests))
-
-    async def worker() -> None:
-        connection = RawConnection("127.0.0.1", port, PATH, bodies)
-        try:
-            for index in sent:
-                started = time.perf_counter()
-                status, _ = await connection.send(index)
-                latencies.append(time.perf_counter() - started)
-                if status != 200:
-                    raise RuntimeError(f"status {status}")
-        finally:
-            await connection.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return requests / (time.perf_counter() - started), sorted(latencies)
 
 
 def main() -> int:
@@ -99,11 +56,12 @@ def main() -> int:
     for batch in (32, 128, 512):
         print(f"offline session.run, batch {batch:3}: {offline(provider, batch):9.0f} sentences/s")
     os.environ["MODELFN_WORKERS"] = str(args.workers)
-    server = ServerProcess("sentence-embed", functions_dir(args.max_batch, gpu=cuda))
+    server = ServerProcess("sentence-embed", _functions_dir(True, args.max_batch, gpu=cuda))
     try:
         server.wait_ready()
-        asyncio.run(drive(server.port, min(2000, args.requests), args.concurrency))  # warm-up
-        rate, latencies = asyncio.run(drive(server.port, args.requests, args.concurrency))
+        bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
+        asyncio.run(closed_loop(server.port, PATH, bodies, min(2000, args.requests), args.concurrency))  # warm-up
+        rate, latencies = asyncio.run(closed_loop(server.port, PATH, bodies, args.requests, args.concurrency))
     finally:
         server.stop()
     p50, p99 = latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000

@@ -197,6 +197,31 @@ class RawConnection:
         self.reader = self.writer = None
 
 
+async def closed_loop(
+    port: int, path: str, bodies: list[bytes], requests: int, concurrency: int
+) -> tuple[float, list[float]]:
+    """Requests/s and every latency (sorted), `concurrency` raw keep-alive connections each
+    with one request in flight; any answer but 200 stops the run."""
+    latencies: list[float] = []
+    sent = iter(range(requests))
+
+    async def worker() -> None:
+        connection = RawConnection("127.0.0.1", port, path, bodies)
+        try:
+            for index in sent:
+                started = time.perf_counter()
+                status, _ = await connection.send(index)
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    raise RuntimeError(f"status {status}")
+        finally:
+            await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return requests / (time.perf_counter() - started), sorted(latencies)
+
+
 class HttpxConnection:
     """The same through httpx (HTTP/1.1), sharing one pool of `concurrency` connections."""
 

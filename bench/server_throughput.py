@@ -58,7 +58,7 @@ def offline(batch: int, rounds: int) -> float:
     return batch * rounds / (time.perf_counter() - started)
 
 
-def _functions_dir(batching: bool) -> Path:
+def _functions_dir(batching: bool, max_batch: int | None = None, gpu: bool = False) -> Path:
     """A copy of the function folder (the model hard-linked where the file system allows: a
     symbolic link out of the folder is refused, as any model outside its function's folder is)
     with batching on or off."""
@@ -74,6 +74,10 @@ def _functions_dir(batching: bool) -> Path:
     toml = (FUNCTION / "function.toml").read_text()
     if not batching:
         toml = toml.replace("[batching]\n", "[batching]\nenabled = false\n")
+    if max_batch is not None:
+        toml = toml.replace("max_batch_size = 32", f"max_batch_size = {max_batch}")
+    if gpu:
+        toml = toml.replace("[runtime]\n", '[runtime]\naccelerator = "gpu"\n')
     (folder / "function.toml").write_text(toml)
     return root
 

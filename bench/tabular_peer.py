@@ -17,10 +17,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from load import RawConnection, ServerProcess, free_port
+from load import ServerProcess, closed_loop, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "functions" / "breast-cancer" / "model.onnx"
@@ -72,28 +71,6 @@ def bodies() -> list[bytes]:
     return [json.dumps({"X": row.tolist()}).encode() for row in load_breast_cancer().data[:256]]
 
 
-async def drive(port: int, payloads: list[bytes], requests: int, concurrency: int) -> tuple[float, list[float]]:
-    """Requests/s and every latency, `concurrency` connections each with one request in flight."""
-    latencies: list[float] = []
-    sent = iter(range(requests))
-
-    async def worker() -> None:
-        connection = RawConnection("127.0.0.1", port, PATH, payloads)
-        try:
-            for index in sent:
-                started = time.perf_counter()
-                status, _ = await connection.send(index)
-                latencies.append(time.perf_counter() - started)
-                if status != 200:
-                    raise RuntimeError(f"status {status}")
-        finally:
-            await connection.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return requests / (time.perf_counter() - started), latencies
-
-
 def line(rate: float, p50: float, p99: float) -> str:
     return f"{rate:8.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms"
 
@@ -115,12 +92,12 @@ def main() -> None:
     try:
         for server in servers.values():
             server.wait_ready()
-            asyncio.run(drive(server.port, payloads, 500, args.concurrency))  # warm-up
+            asyncio.run(closed_loop(server.port, PATH, payloads, 500, args.concurrency))  # warm-up
         print(f"breast-cancer, {args.requests} requests at concurrency {args.concurrency}, {args.rounds} rounds (ABAB)")
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         for round_ in range(args.rounds):
             for name, server in servers.items():
-                rate, latencies = asyncio.run(drive(server.port, payloads, args.requests, args.concurrency))
+                rate, latencies = asyncio.run(closed_loop(server.port, PATH, payloads, args.requests, args.concurrency))
                 figures = (rate, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000)
                 results[name].append(figures)
                 print(f"  round {round_ + 1} {name:14} {line(*figures)}")
