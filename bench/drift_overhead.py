@@ -32,12 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-class Context:
-    function_name = "modelfn-bench"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:modelfn-bench"
-    aws_request_id = "00000000-0000-0000-0000-000000000000"
+from lambda_warm import Context  # noqa: E402 - the same stand-in context as the warm bench
 
 
 def event(row: list[float]) -> dict[str, Any]:

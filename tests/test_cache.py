@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from support.providers import azure_request, example_copy
+from support.providers import azure_request, example_copy, lambda_http_event
 
 from modelfn import cache as cache_module
 from modelfn.cache import LocalCache, feeds_key, pack, unpack
@@ -83,15 +83,7 @@ def _lambda(body: bytes) -> int:
     from handlers import aws_lambda
     from handlers.local.aws import LocalContext
 
-    event = {
-        "version": "2.0",
-        "rawPath": "/",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"http": {"method": "POST"}, "stage": "$default"},
-        "body": body.decode(),
-        "isBase64Encoded": False,
-    }
-    return int(aws_lambda.handler(event, LocalContext("cache"))["statusCode"])
+    return int(aws_lambda.handler(lambda_http_event("POST", "/", body), LocalContext("cache"))["statusCode"])
 
 
 def _gcp(body: bytes) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support.providers import azure_request, example_copy
+from support.providers import azure_request, example_copy, lambda_http_event
 
 from modelfn.cli import main as cli
 from modelfn.drift import DriftMonitor, DriftReport
@@ -156,14 +156,7 @@ def test_lambda_sends_drift_as_emf_documents(
     app.reset()
     try:
         for body in _bodies(shifted(split[1])):
-            event = {
-                "version": "2.0",
-                "rawPath": "/",
-                "headers": {"content-type": "application/json"},
-                "requestContext": {"http": {"method": "POST"}, "stage": "$default"},
-                "body": body.decode(),
-                "isBase64Encoded": False,
-            }
+            event = lambda_http_event("POST", "/", body)
             assert aws_lambda.handler(event, LocalContext("drift"))["statusCode"] == 200
     finally:
         app.reset()

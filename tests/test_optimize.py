@@ -28,7 +28,7 @@ import pytest
 from live_server import LiveServer
 from onnx import TensorProto, helper, numpy_helper
 from onnx_models import function_folder
-from support.providers import azure_request
+from support.providers import azure_request, lambda_http_event
 
 from handlers.local.aws import LocalContext
 from modelfn.deploy import optimize as opt
@@ -335,15 +335,7 @@ def lambda_caller(name: str) -> Caller:
     from handlers import aws_lambda
 
     def call(body: bytes) -> tuple[int, Any]:
-        event = {
-            "version": "2.0",
-            "rawPath": f"/functions/{name}",
-            "headers": {"content-type": "application/json"},
-            "requestContext": {"http": {"method": "POST"}, "stage": "$default"},
-            "body": body.decode(),
-            "isBase64Encoded": False,
-        }
-        response = aws_lambda.handler(event, LocalContext("optimised"))
+        response = aws_lambda.handler(lambda_http_event("POST", f"/functions/{name}", body), LocalContext("optimised"))
         text = base64.b64decode(response["body"]) if response.get("isBase64Encoded") else response["body"]
         return response["statusCode"], json.loads(text)
 

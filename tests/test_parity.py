@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from live_server import LiveServer
-from support.providers import azure_request
+from support.providers import azure_request, lambda_http_event
 
 from handlers.local.aws import LocalContext
 
@@ -28,15 +28,7 @@ Call = Callable[[str, str, bytes], tuple[int, Any]]
 def lambda_call(method: str, path: str, body: bytes) -> tuple[int, Any]:
     from handlers import aws_lambda
 
-    event = {
-        "version": "2.0",
-        "rawPath": path,
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"http": {"method": method}, "stage": "$default"},
-        "body": body.decode(),
-        "isBase64Encoded": False,
-    }
-    response = aws_lambda.handler(event, LocalContext("parity"))
+    response = aws_lambda.handler(lambda_http_event(method, path, body), LocalContext("parity"))
     return response["statusCode"], json.loads(response["body"])
 
 

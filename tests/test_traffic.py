@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 from onnx_models import _model, save
-from support.providers import azure_request
+from support.providers import azure_request, lambda_http_event
 
 from handlers.local.aws import LocalContext
 from modelfn.agreement import compare
@@ -291,15 +291,7 @@ def test_an_sqs_message_attribute_keeps_messages_on_one_version(root: Path, monk
 def lambda_call(method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
     from handlers import aws_lambda
 
-    event = {
-        "version": "2.0",
-        "rawPath": path,
-        "headers": {"content-type": "application/json", **headers},
-        "requestContext": {"http": {"method": method}, "stage": "$default"},
-        "body": body.decode(),
-        "isBase64Encoded": False,
-    }
-    response = aws_lambda.handler(event, LocalContext("traffic"))
+    response = aws_lambda.handler(lambda_http_event(method, path, body, headers), LocalContext("traffic"))
     return response["statusCode"], json.loads(response["body"]), response["headers"]
 
 

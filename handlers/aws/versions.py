@@ -10,8 +10,6 @@ a copy), `ShadowLatency` with {service, function, version}, and per output
 from __future__ import annotations
 
 import functools
-import math
-import time
 
 from handlers.aws.telemetry import Telemetry
 from modelfn.observations import DROPPED, Observation, Recorder
@@ -24,21 +22,6 @@ AGREEMENT = {
 }
 
 
-def document(telemetry: Telemetry, dimensions: dict[str, str], metrics: list[tuple[str, str, float]]) -> None:
-    """One EMF document of its own (its dimensions are not the invocation's), written at once."""
-    if not telemetry.metrics_enabled:
-        return
-    directive = {
-        "Namespace": telemetry.namespace,
-        "Dimensions": [list(dimensions)],
-        "Metrics": [{"Name": name, "Unit": unit} for name, unit, _ in metrics],
-    }
-    values = {name: value if math.isfinite(value) else None for name, _, value in metrics}
-    telemetry.write(
-        {"_aws": {"Timestamp": int(time.time() * 1000), "CloudWatchMetrics": [directive]}, **dimensions, **values}
-    )
-
-
 @functools.cache
 def version_metrics(telemetry: Telemetry) -> Recorder:
     """The recorder writing through `telemetry` (one per telemetry, however often an app is built)."""
@@ -48,8 +31,7 @@ def version_metrics(telemetry: Telemetry) -> Recorder:
             return
         prefix = "Version" if observation.role == "live" else "Shadow"
         dimensions = {"service": telemetry.service, "function": observation.function, "version": observation.version}
-        document(
-            telemetry,
+        telemetry.document(
             dimensions,
             [
                 (f"{prefix}Requests", "Count", 1.0),
@@ -60,6 +42,6 @@ def version_metrics(telemetry: Telemetry) -> Recorder:
         for output, measured in (observation.agreement or {}).items():
             values = [(*AGREEMENT[k], v) for k, v in measured.items() if k in AGREEMENT]
             if values:
-                document(telemetry, {**dimensions, "output": output}, values)
+                telemetry.document({**dimensions, "output": output}, values)
 
     return record

@@ -1,6 +1,6 @@
-"""What several test modules need to reach a provider in-process, written once: the Azure
-Functions HTTP request the host would hand the trigger, and a copy of an example function
-with settings added to its `function.toml`."""
+"""What several test modules need to reach a provider in-process, written once: the API
+Gateway HTTP API (payload 2.0) event and the Azure Functions HTTP request the platforms would
+hand the handler, and a copy of an example function with settings added to its `function.toml`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,20 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def lambda_http_event(
+    method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """An HTTP API (payload 2.0) event on the `$default` stage, JSON by default."""
+    return {
+        "version": "2.0",
+        "rawPath": path,
+        "headers": {"content-type": "application/json", **(headers or {})},
+        "requestContext": {"http": {"method": method}, "stage": "$default"},
+        "body": body.decode(),
+        "isBase64Encoded": False,
+    }
 
 
 def azure_request(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Any:
