@@ -19,6 +19,7 @@ from handlers.aws.http import HTTP_KINDS
 from handlers.aws.kind import EventKind
 from handlers.aws.messages import DirectInvoke, EventBridgeDetail, SnsNotification
 from handlers.aws.s3 import S3EventBridge, S3Notification, S3TestEvent
+from handlers.aws.shadow import ShadowCopyKind
 from handlers.aws.sqs import SqsBatch
 from handlers.aws.telemetry import route_core_logs, telemetry
 from modelfn.errors import ModelfnError
@@ -31,6 +32,7 @@ KINDS: list[type[EventKind]] = [
     SqsBatch,
     SnsNotification,
     EventBridgeDetail,
+    ShadowCopyKind,
     DirectInvoke,  # recognises anything: last
 ]
 

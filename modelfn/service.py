@@ -86,6 +86,9 @@ class Service:
         """Prediction cache and drift counting around each model run, for the functions that ask."""
         self.metrics: Any = None
         """The server's Prometheus metrics (`modelfn.metrics.ServerMetrics`), set by `create_app`."""
+        self.shadow_sink: Callable[[Any], None] | None = None
+        """Where the sync driver sends shadow copies (`modelfn.shadow_copy`) to run in an invocation
+        of their own (set by a provider that has one); None runs them here, after the answer."""
 
     # -- the calls adapters make -------------------------------------------------------
 
@@ -120,7 +123,8 @@ class Service:
         if serving is not None:
             serving.finish(response.status, response.headers)
             if isinstance(outcome, Inference) and outcome.outputs is not None:
-                serving.shadow_run(self._decoder(route, request), outcome.outputs)  # after the answer: see the README
+                source = _request_source(route, request)
+                self._shadow_copy(serving, self._decoder(route, request), outcome.outputs, source)  # see the README
         return response  # type: ignore[no-any-return]
 
     async def handle_async(
@@ -178,7 +182,8 @@ class Service:
             serving.finish(error_body(exc)[0])
             raise
         serving.finish(200)
-        serving.shadow_run(lambda shadow: shadow.decode(body, content_type, payload).feeds, outputs)
+        source = {"kind": "codec", "body": body, "content_type": content_type, "payload": payload}
+        self._shadow_copy(serving, lambda shadow: shadow.decode(body, content_type, payload).feeds, outputs, source)
         return result
 
     def infer(self, name: str, document: Any, key: str | None = None) -> dict[str, Any]:
@@ -193,7 +198,12 @@ class Service:
             raise
         serving.finish(200)
         if inference.outputs is not None:
-            serving.shadow_run(lambda shadow: self._inference(shadow, document).decoded.feeds, inference.outputs)
+            self._shadow_copy(
+                serving,
+                lambda shadow: self._inference(shadow, document).decoded.feeds,
+                inference.outputs,
+                {"kind": "document", "payload": document},
+            )
         return answer  # type: ignore[no-any-return]
 
     def function(self, name: str) -> ModelFunction:
@@ -379,6 +389,24 @@ class Service:
             )
         return lambda fn: fn.decode(request.body, request.content_type).feeds
 
+    def _shadow_copy(
+        self, serving: Serving, decode: Callable[[ModelFunction], Feeds], live: Outputs, source: dict[str, Any]
+    ) -> None:
+        """The sync driver's shadow copy, after the answer: run here, or sent to the shadow's own
+        invocation when the provider set `shadow_sink` (`source` says how to read the input again)."""
+        shadow = serving.shadow
+        if shadow is None:
+            return
+        if self.shadow_sink is None:
+            serving.shadow_run(decode, live)
+            return
+        from modelfn.shadow_copy import ShadowCopy, ShadowInput
+
+        try:
+            self.shadow_sink(ShadowCopy(shadow.name, shadow.version, serving.version, ShadowInput(**source), live))
+        except Exception:  # the sink reports its own failures; nothing may reach the live answer
+            log.exception("shadow copy of %s not sent", shadow.name)
+
     def _shadow_later(
         self, shadow: ModelFunction, decode: Callable[[ModelFunction], Feeds], live: Outputs, heavy: bool
     ) -> None:
@@ -417,6 +445,13 @@ class Service:
         if not isinstance(exc, ModelfnError):
             log.exception("unexpected error on %s %s", request.method, request.path)
         return failure(exc)
+
+
+def _request_source(route: Route, request: HttpRequest) -> dict[str, Any]:
+    """How a shadow copy sent elsewhere reads this request again (`modelfn.shadow_copy.ShadowInput`)."""
+    if route.body == "inference":
+        return {"kind": "inference", "body": request.body, "header_length": request.headers.get(protocol.HEADER_LENGTH)}
+    return {"kind": "codec", "body": request.body, "content_type": request.content_type}
 
 
 def _finished(inference: Inference, outputs: Outputs) -> HttpResponse:

@@ -38,6 +38,10 @@ class LambdaApp:
         self.service = Service(registry, key=api_key(), platform_limit_bytes=LAMBDA_PAYLOAD_LIMIT)
         self.service.monitor.reporter = EmfReporter(self.telemetry)
         observations.subscribe(version_metrics(self.telemetry))
+        if os.environ.get("MODELFN_SHADOW_TARGET"):  # the shadow version runs in its own invocation (set by CDK)
+            from handlers.aws.shadow import LambdaShadowSink
+
+            self.service.shadow_sink = LambdaShadowSink(os.environ["MODELFN_SHADOW_TARGET"], self.telemetry)
         self.load_ms: float | None = None
         self.load_reported = False
         self.tracing = os.environ.get("MODELFN_TRACING", "").lower() in ("1", "true", "yes")
