@@ -307,6 +307,49 @@ class TrafficSpec:
 
 
 @dataclass(eq=False)
+class BatchSpec:
+    """Bulk predictions over a prefix at scale (`[batch]`): a Step Functions Distributed Map over the
+    function's Lambda (AWS, s3:// input) and a Cloud Run Job sharded by task (Google Cloud)."""
+
+    input: str = _f(pattern=r"(s3|gs|az)://[^/]+(/.*)?", help="The prefix scored: s3://, gs:// or az://bucket/prefix/.")
+    output: str = _f(pattern=r"(s3|gs|az)://[^/]+(/.*)?", help="Where outputs go, in the input's layout.")
+    items_per_batch: int = _f(10, ge=1, le=10000, help="AWS: objects per Lambda invocation (ItemBatcher).")
+    tolerated_failure_percentage: float = _f(
+        0.0, ge=0, le=100, help="AWS: the share of objects that may fail before the map run fails."
+    )
+    max_concurrency: int = _f(
+        100, ge=1, le=10000, help="AWS: Lambda invocations at once; Google Cloud: tasks at once (parallelism)."
+    )
+    tasks: int = _f(10, ge=1, le=10000, help="Google Cloud: the Cloud Run Job's task count (shards).")
+    task_timeout_s: int = _f(3600, ge=1, le=86400, help="Google Cloud: how long one task may run.")
+    schedule: str | None = _f(None, help="Five-field unix cron, e.g. '0 2 * * *': run the whole prefix then.")
+    timezone: str = _f("UTC", help="The schedule's time zone (IANA name).")
+    results_prefix: str = _f("batch-runs/", help="AWS: the map run's result files, in the output bucket.")
+
+    def problems(self) -> list[str]:
+        found = []
+        (src_scheme, src_bucket, src_prefix), (out_scheme, out_bucket, out_prefix) = (
+            _bucket_uri(u) for u in (self.input, self.output)
+        )
+        if (src_scheme, src_bucket) == (out_scheme, out_bucket) and out_prefix.startswith(src_prefix):
+            found.append(
+                f"batch.output: {self.output!r} lies under input {self.input!r}, so outputs would be listed as inputs"
+            )
+        if self.schedule is not None:
+            from modelfn import cron
+
+            found.extend(f"batch.schedule: {p}" for p in cron.problems(self.schedule))
+        return found
+
+
+def _bucket_uri(uri: str) -> tuple[str, str, str]:
+    """("s3", "bucket", "prefix/") of `s3://bucket/prefix`, the prefix ending in '/' when not empty."""
+    scheme, _, rest = uri.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    return scheme, bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+@dataclass(eq=False)
 class FunctionSpec:
     name: str = _f(pattern=r"[a-z0-9][a-z0-9-]{0,62}", help="Lower-case letters, digits and '-'.")
     model: ModelSpec = _f()
@@ -321,6 +364,7 @@ class FunctionSpec:
     drift: DriftSpec = _f(factory=lambda: DriftSpec())
     cache: CacheSpec = _f(factory=lambda: CacheSpec())
     traffic: TrafficSpec = _f(factory=lambda: TrafficSpec())
+    batch: BatchSpec | None = None
     folder: Path = _f(Path("."), help="Set by the loader: the folder holding function.toml.")
 
     def problems(self) -> list[str]:

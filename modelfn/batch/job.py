@@ -27,6 +27,16 @@ class Task:
     output: str
 
 
+@dataclass(frozen=True)
+class Written:
+    """One output published: its input, its name in the output store, its rows and failed rows."""
+
+    input: str
+    output: str
+    rows: int
+    failed_rows: int
+
+
 @dataclass
 class Report:
     files: int = 0
@@ -38,6 +48,7 @@ class Report:
     examples: list[tuple[str, str]] = field(default_factory=list)  # (where, why) for the first failed rows
     seconds: float = 0.0
     runs: int = 0
+    written: list[Written] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -101,11 +112,14 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def plan(source: Store, target: Store, overwrite: bool, report: Report) -> list[Task]:
-    """The inputs to score: formats we read, outside the output's place, without a complete output."""
+def plan(
+    source: Store, target: Store, overwrite: bool, report: Report, entries: list[Entry] | None = None
+) -> list[Task]:
+    """The inputs to score (`entries`, else the whole listing): formats we read, outside the
+    output's place, without a complete output."""
     inside = _relative(target.uri, source.uri)
     tasks = []
-    for entry in source.list():
+    for entry in source.list() if entries is None else entries:
         if inside is not None and (entry.name + "/").startswith(inside):
             continue
         kind = kind_of(entry.name)
@@ -134,11 +148,13 @@ def run(
     overwrite: bool = False,
     progress: ProgressLine | bool | None = True,
     select: Callable[[list[Task]], list[Task]] | None = None,
+    entries: list[Entry] | None = None,
 ) -> Report:
-    """Score every input under `source` into `target`. `select` narrows the task list (a shard)."""
+    """Score every input under `source` (or only `entries`, already listed) into `target`.
+    `select` narrows the task list (a shard)."""
     started = time.monotonic()
     report = Report()
-    tasks = plan(source, target, overwrite, report)
+    tasks = plan(source, target, overwrite, report, entries)
     if select is not None:
         tasks = select(tasks)
     report.files = len(tasks)
@@ -190,6 +206,7 @@ class _Job:
             if isinstance(data, BaseException):
                 raise data
             rows = read_rows(task.kind, data, self.scorer.fn)
+            before = (self.report.rows, self.report.failed_rows)
             with temp.open("wb") as out:
                 sink = SINKS[task.kind](out)
                 for index, outcome in enumerate(self.scorer.score(rows.requests), start=1):
@@ -198,6 +215,8 @@ class _Job:
                         self._tick(task.entry.size * index / max(rows.count, 1))
                 sink.close()
             self.target.put_file(task.output, temp)
+            done = (self.report.rows - before[0], self.report.failed_rows - before[1])
+            self.report.written.append(Written(task.entry.name, task.output, *done))
         except Exception as exc:
             self.report.failed_files.append((task.entry.name, reason(exc)))
         finally:
@@ -221,6 +240,7 @@ class _Job:
                 temp.write_bytes(body)
                 self.target.put_file(task.output, temp)
                 self._count(outcome, ok, task.entry.name)
+                self.report.written.append(Written(task.entry.name, task.output, 1, 0 if ok else 1))
             except Exception as exc:
                 self.report.failed_files.append((task.entry.name, reason(exc)))
             finally:

@@ -110,15 +110,12 @@ class S3Store:
         return bytes(self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read())
 
     def exists(self, name: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self.prefix + name)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
+        # A listing, not HeadObject: it needs only s3:ListBucket scoped to the output prefix (a
+        # missing object's HeadObject is a 403 without an unscoped ListBucket). The key itself
+        # sorts before every longer key it prefixes.
+        key = self.prefix + name
+        found = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+        return bool(found) and found[0]["Key"] == key
 
     def put_file(self, name: str, path: Path) -> None:
         self.client.upload_file(str(path), self.bucket, self.prefix + name)
