@@ -15,6 +15,7 @@ from typing import Any
 
 from handlers.aws import clients
 from handlers.aws.app import LambdaApp, current, on_lambda
+from handlers.aws.bulk import DistributedMapBatch
 from handlers.aws.http import HTTP_KINDS
 from handlers.aws.kind import EventKind
 from handlers.aws.messages import DirectInvoke, EventBridgeDetail, SnsNotification
@@ -33,6 +34,7 @@ KINDS: list[type[EventKind]] = [
     SnsNotification,
     EventBridgeDetail,
     ShadowCopyKind,
+    DistributedMapBatch,
     DirectInvoke,  # recognises anything: last
 ]
 

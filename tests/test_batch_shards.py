@@ -73,12 +73,13 @@ def test_cli_shards_score_the_folder_once_between_them_and_one_reruns_alone(
 ) -> None:
     names = write_inputs(tmp_path / "in", cancer_rows, 24)
     out = tmp_path / "out"
+    args = ["batch", "breast-cancer", "--input", str(tmp_path / "in"), "--output", str(out), "--quiet"]
     seen: dict[str, int] = {}
     for index in range(4):
         monkeypatch.setenv("CLOUD_RUN_TASK_INDEX", str(index))
         monkeypatch.setenv("CLOUD_RUN_TASK_COUNT", "4")
         before = set(p.name for p in out.glob("*.jsonl")) if out.exists() else set()
-        assert cli.main(["batch", "breast-cancer", "--input", str(tmp_path / "in"), "--output", str(out), "--quiet"]) == 0
+        assert cli.main(args) == 0
         for name in set(p.name for p in out.glob("*.jsonl")) - before:
             seen[name] = index
     assert sorted(seen) == names
@@ -87,7 +88,6 @@ def test_cli_shards_score_the_folder_once_between_them_and_one_reruns_alone(
     lost = [name for name, index in seen.items() if index == 2]
     for name in lost:
         (out / name).unlink()
-    args = ["batch", "breast-cancer", "--input", str(tmp_path / "in"), "--output", str(out), "--quiet"]
     assert cli.main([*args, "--shard", "2/4"]) == 0
     assert sorted(p.name for p in out.glob("*.jsonl")) == names
     lines = (out / lost[0]).read_text().splitlines()
