@@ -180,10 +180,21 @@ class Synthesis:
         assert len(found) == 1, f"{name}: expected one {kind}, found {sorted(found)}"
         return next(iter(found.values()))
 
+    def alias(self, name: str, alias: str = "live") -> str:
+        """The logical id of the function's `live` alias (or its shadow's `shadow` alias)."""
+        return next(key for key, props in self.resources(name, "AWS::Lambda::Alias").items() if props["Name"] == alias)
+
+    def async_config(self, name: str, alias_id: str) -> dict[str, Any]:
+        """The asynchronous invoke settings of the alias `alias_id` (its qualifier is split out of its ARN)."""
+        configs = self.resources(name, "AWS::Lambda::EventInvokeConfig").values()
+        [config] = [c for c in configs if {"Ref": alias_id} in c["Qualifier"]["Fn::Select"][1]["Fn::Split"]]
+        return config
+
     def function(self, name: str) -> tuple[str, dict[str, Any]]:
         """The model function (not CDK's helper functions): the one serving MODELFN_FUNCTION."""
         for key, props in self.resources(name, "AWS::Lambda::Function").items():
-            if props.get("Environment", {}).get("Variables", {}).get("MODELFN_FUNCTION") == name:
+            variables = props.get("Environment", {}).get("Variables", {})
+            if variables.get("MODELFN_FUNCTION") == name and variables.get("MODELFN_ROLE") != "shadow":
                 return key, props
         raise AssertionError(f"{name}: no Lambda function serves it")
 
@@ -391,7 +402,7 @@ def test_s3_notification_on_a_named_bucket_filters_prefix_and_suffix(synth: Synt
     rules = {rule["Name"]: rule["Value"] for rule in config["Filter"]["Key"]["FilterRules"]}
     assert rules == {"prefix": "incoming/", "suffix": ".json"}
     assert not "predictions/".startswith(rules["prefix"])  # results never re-trigger the function
-    assert config["LambdaFunctionArn"] == {"Ref": synth.resources("events", "AWS::Lambda::Alias").popitem()[0]}
+    assert config["LambdaFunctionArn"] == {"Ref": synth.alias("events")}
 
 
 def test_s3_trigger_without_a_bucket_creates_a_private_one(synth: Synthesis) -> None:
@@ -446,12 +457,12 @@ def test_eventbridge_rule_matches_the_spec_and_targets_the_live_alias(synth: Syn
     rule = synth.one("events", "AWS::Events::Rule")
     assert rule["EventPattern"] == {"source": ["acme.orders"], "detail-type": ["Order placed"]}
     [target] = rule["Targets"]
-    assert target["Arn"] == {"Ref": next(iter(synth.resources("events", "AWS::Lambda::Alias")))}
+    assert target["Arn"] == {"Ref": synth.alias("events")}
     assert target["RetryPolicy"] == {"MaximumRetryAttempts": 2}
 
 
 def test_failed_asynchronous_events_are_parked_in_a_queue(synth: Synthesis) -> None:
-    config = synth.one("events", "AWS::Lambda::EventInvokeConfig")
+    config = synth.async_config("events", synth.alias("events"))  # the shadow alias has its own (no retries)
     assert config["MaximumRetryAttempts"] == 2
     destination = config["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0]
     assert destination.startswith("FailedEvents")
@@ -479,6 +490,46 @@ def test_role_reads_only_the_model_object_and_input_prefix_and_writes_only_outpu
         if action.startswith("logs:")
         for resource in resources
     )
+
+
+def test_a_shadow_version_gets_its_own_function_alias_and_an_async_invoke_grant(synth: Synthesis) -> None:
+    _, live = synth.function("events")
+    [(shadow_id, shadow)] = [
+        (key, props)
+        for key, props in synth.resources("events", "AWS::Lambda::Function").items()
+        if props.get("Environment", {}).get("Variables", {}).get("MODELFN_ROLE") == "shadow"
+    ]
+    shadow_alias = synth.alias("events", "shadow")
+    # the same code and layers, the same handler recognising the copies; no target of its own
+    assert (shadow["Code"], shadow["Handler"], shadow["Layers"]) == (live["Code"], live["Handler"], live["Layers"])
+    variables = shadow["Environment"]["Variables"]
+    assert variables["MODELFN_FUNCTION"] == "events" and "MODELFN_SHADOW_TARGET" not in variables
+    assert live["Environment"]["Variables"]["MODELFN_SHADOW_TARGET"] == {"Ref": shadow_alias}
+    alias = synth.resources("events", "AWS::Lambda::Alias")[shadow_alias]
+    assert alias["FunctionName"] == {"Ref": shadow_id}
+    config = synth.async_config("events", shadow_alias)
+    assert (config["MaximumRetryAttempts"], config["MaximumEventAgeInSeconds"]) == (0, 300)
+    # least privilege: the live role may invoke exactly the shadow alias, nothing else
+    assert role_grants(synth, "events")["lambda:InvokeFunction"] == {f"<{shadow_alias}>"}
+    shadow_role = shadow["Role"]["Fn::GetAtt"][0]
+    assert shadow_role != live["Role"]["Fn::GetAtt"][0]
+    shadow_grants: dict[str, set[str]] = {}
+    for policy in synth.resources("events", "AWS::IAM::Policy").values():
+        if {"Ref": shadow_role} in policy["Roles"]:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                resources = (
+                    statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                )
+                for action in actions:
+                    shadow_grants.setdefault(action, set()).update(render(r) for r in resources)
+    assert shadow_grants["s3:GetObject"] == {
+        "arn:aws:s3:::acme-models/cancer/v3/model.onnx",
+        "arn:aws:s3:::acme-models/cancer/v4/model.onnx",
+    }
+    assert {a.split(":")[0] for a in shadow_grants} == {"s3", "logs"}  # no trigger's prefixes, no invoke
+    for name in ("warm", "snap", "boxed"):  # no shadow version: nothing of the kind
+        assert not any(p.get("Name") == "shadow" for p in synth.resources(name, "AWS::Lambda::Alias").values())
 
 
 def test_role_on_a_created_bucket_is_scoped_to_its_prefixes(synth: Synthesis) -> None:

@@ -23,6 +23,7 @@ from modelfn_cdk.access import allow, s3_arn, s3_uri_parts
 from modelfn_cdk.assets import LAMBDA_TASK_ROOT, LayerArtifact, code_bytes, stage_code, stage_image
 from modelfn_cdk.nag import acknowledge
 from modelfn_cdk.settings import DeployRefused, ProvisionedSchedule, Settings
+from modelfn_cdk.shadow import add_shadow
 
 HANDLER = "handlers.aws_lambda.handler"
 ALIAS = "live"
@@ -98,10 +99,16 @@ class FunctionStack(Stack):
         )
         self.log_group.grant_write(self.role)
         self.function: lambda_.Function
+        # what the function is made of, which its shadow (modelfn_cdk.shadow) is made of too
+        self.handler = HANDLER
+        self.layers: list[lambda_.ILayerVersion] = []
+        self.code: lambda_.Code | None = None
+        self.image_code: lambda_.DockerImageCode | None = None
         if placement.target == "lambda-container":
             self.function = self._image_function(settings)
         else:
             self.function = self._zip_function(settings, layers)
+        add_shadow(self, retention(settings.log_retention_days))
         self.alias = lambda_.Alias(
             self,
             "Live",
@@ -110,7 +117,7 @@ class FunctionStack(Stack):
             provisioned_concurrent_executions=spec.deploy.provisioned_concurrency or None,
         )
         self._scale(settings.utilization_target, schedules)
-        self._model_access()
+        self.model_access(self.role)
         triggers.add_all(triggers.Target(self, spec, self.role, self.alias, retention(settings.log_retention_days)))
         alarms = monitoring.add_alarms(self, spec, self.alias, settings.alarm_topic_arn)
         monitoring.add_rollout(self, spec, self.alias, alarms)
@@ -118,7 +125,7 @@ class FunctionStack(Stack):
         CfnOutput(self, "FunctionName", value=self.function.function_name)
         CfnOutput(self, "AliasArn", value=self.alias.function_arn, description="invoke this (the live alias)")
 
-    def _settings(self) -> dict[str, object]:
+    def function_settings(self) -> dict[str, object]:
         deploy = self.spec.deploy
         return {
             "role": self.role,
@@ -127,11 +134,11 @@ class FunctionStack(Stack):
             "memory_size": deploy.memory_mb,
             "timeout": Duration.seconds(deploy.timeout_s),
             "ephemeral_storage_size": Size.mebibytes(deploy.ephemeral_storage_mb),
-            "environment": self._environment(),
+            "environment": self.function_environment(),
             "description": (self.spec.description or f"modelfn {self.spec.name}")[:256],
         }
 
-    def _environment(self) -> dict[str, str]:
+    def function_environment(self) -> dict[str, str]:
         return {
             "MODELFN_FUNCTION": self.spec.name,
             "MODELFN_FUNCTIONS_DIR": f"{LAMBDA_TASK_ROOT}/functions",
@@ -159,15 +166,16 @@ class FunctionStack(Stack):
             )
             for index, artifact in enumerate(artifacts)
         ]
+        self.code, self.layers = lambda_.Code.from_asset(str(code)), list(layers)
         function = lambda_.Function(
             self,
             "Function",
             runtime=runtime,
             handler=HANDLER,
-            code=lambda_.Code.from_asset(str(code)),
+            code=self.code,
             layers=layers,
             snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if spec.deploy.snapstart else None,
-            **self._settings(),  # type: ignore[arg-type]
+            **self.function_settings(),  # type: ignore[arg-type]
         )
         if spec.deploy.snapstart:
             acknowledge(
@@ -192,7 +200,8 @@ class FunctionStack(Stack):
             platform=IMAGE_PLATFORMS[deploy.architecture],
             build_args={"PYTHON": deploy.python},
         )
-        return lambda_.DockerImageFunction(self, "Function", code=code, **self._settings())  # type: ignore[arg-type]
+        self.image_code = code
+        return lambda_.DockerImageFunction(self, "Function", code=code, **self.function_settings())  # type: ignore[arg-type]
 
     def _scale(self, utilization_target: float, schedules: Sequence[ProvisionedSchedule]) -> None:
         """Target tracking on provisioned-concurrency utilisation between the spec's floor and ceiling."""
@@ -216,11 +225,11 @@ class FunctionStack(Stack):
             value=f"{deploy.provisioned_concurrency}..{deploy.provisioned_concurrency_max}",
         )
 
-    def _model_access(self) -> None:
+    def model_access(self, role: iam.Role) -> None:
         """Read exactly the model objects (every version's) that live in S3; a packaged model needs nothing."""
         model = self.spec.model
         for source in [model.source, *(v.source for v in model.versions.values())]:
             if urlparse(source).scheme != "s3":
                 continue
             bucket, key = s3_uri_parts(source)
-            allow(self.role, ["s3:GetObject"], s3_arn(self, bucket, key), "a model object, fetched once per cold start")
+            allow(role, ["s3:GetObject"], s3_arn(self, bucket, key), "a model object, fetched once per cold start")
