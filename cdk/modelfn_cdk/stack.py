@@ -18,7 +18,7 @@ from constructs import Construct
 from modelfn.deploy.layer import check_budget, tree_bytes
 from modelfn.deploy.plan import NOT_BUILT, Placement
 from modelfn.spec import FunctionSpec
-from modelfn_cdk import monitoring, triggers
+from modelfn_cdk import bulk, monitoring, triggers
 from modelfn_cdk.access import allow, s3_arn, s3_uri_parts
 from modelfn_cdk.assets import LAMBDA_TASK_ROOT, LayerArtifact, code_bytes, stage_code, stage_image
 from modelfn_cdk.nag import acknowledge
@@ -119,6 +119,7 @@ class FunctionStack(Stack):
         self._scale(settings.utilization_target, schedules)
         self.model_access(self.role)
         triggers.add_all(triggers.Target(self, spec, self.role, self.alias, retention(settings.log_retention_days)))
+        bulk.add_bulk(self, spec, self.role, self.alias, retention(settings.log_retention_days))
         alarms = monitoring.add_alarms(self, spec, self.alias, settings.alarm_topic_arn)
         monitoring.add_rollout(self, spec, self.alias, alarms)
         monitoring.add_drift_alarm(self, spec, settings.alarm_topic_arn)
