@@ -335,6 +335,8 @@ class BatchSpec:
             found.append(
                 f"batch.output: {self.output!r} lies under input {self.input!r}, so outputs would be listed as inputs"
             )
+        if (src_scheme, src_bucket) == (out_scheme, out_bucket) and self.results_prefix.startswith(src_prefix):
+            found.append(f"batch.results_prefix: {self.results_prefix!r} lies under the input prefix {src_prefix!r}")
         if self.schedule is not None:
             from modelfn import cron
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from modelfn import cli, cron
 from modelfn.batch import shards
 from modelfn.errors import BadRequest, SpecError
-from modelfn.spec import parse_spec
+from modelfn.spec import FunctionSpec, parse_spec
 
 KEYS = st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=40), unique=True)
 
@@ -94,13 +94,14 @@ def test_cli_shards_score_the_folder_once_between_them_and_one_reruns_alone(
     assert len(lines) == 3 and all("prediction" in json.loads(line) for line in lines)
 
 
-def spec_with(batch: dict[str, object]) -> object:
+def spec_with(batch: dict[str, object]) -> FunctionSpec:
     return parse_spec({"name": "f", "model": {"source": "m.onnx"}, "batch": batch}, Path("."))
 
 
 def test_batch_table_defaults_and_refusals() -> None:
     spec = spec_with({"input": "s3://in-bucket/daily/", "output": "s3://in-bucket/scores/"})
-    batch = spec.batch  # type: ignore[attr-defined]
+    batch = spec.batch
+    assert batch is not None
     assert (batch.items_per_batch, batch.tolerated_failure_percentage, batch.max_concurrency) == (10, 0.0, 100)
     assert batch.schedule is None and batch.tasks == 10
     assert parse_spec({"name": "f", "model": {"source": "m.onnx"}}, Path(".")).batch is None
@@ -140,3 +141,16 @@ def test_batch_table_defaults_and_refusals() -> None:
 def test_a_unix_cron_is_spelt_for_eventbridge(unix: str, eventbridge: str) -> None:
     assert cron.problems(unix) == []
     assert cron.eventbridge(unix) == eventbridge
+
+
+def test_on_aws_keeps_to_the_prefixes_the_deployed_map_may_reach() -> None:
+    from modelfn.batch.aws import start
+
+    spec = spec_with({"input": "s3://in-bucket/daily/", "output": "s3://out-bucket/scores/"})
+    with pytest.raises(BadRequest, match="reads only below"):
+        start(spec, "s3://in-bucket/other/", "s3://out-bucket/scores/", "arn:aws:states:::x", None)
+    with pytest.raises(BadRequest, match="writes only below"):
+        start(spec, "s3://in-bucket/daily/eu", "s3://out-bucket/else/", "arn:aws:states:::x", None)
+    assert spec_with({"input": "s3://b/in/", "output": "s3://c/out/", "results_prefix": "in/runs/"}).batch
+    with pytest.raises(SpecError, match=r"batch\.results_prefix: 'in/runs/' lies under the input prefix"):
+        spec_with({"input": "s3://b/in/", "output": "s3://b/out/", "results_prefix": "in/runs/"})

@@ -30,6 +30,18 @@ def execution_input(input_uri: str, output_uri: str) -> dict[str, str]:
     return {"bucket": bucket, "prefix": prefix, "output": output}
 
 
+def _within_grants(spec: FunctionSpec, given: dict[str, str], input_uri: str) -> None:
+    """The deployed map may list only below [batch].input and write only below [batch].output."""
+    if spec.batch is None or not spec.batch.input.startswith("s3://"):
+        return
+    places = execution_input(spec.batch.input, spec.batch.output)
+    source = f"s3://{given['bucket']}/{given['prefix']}"
+    if not source.startswith(f"s3://{places['bucket']}/{places['prefix']}"):
+        raise BadRequest(f"--input {input_uri}: the deployed map reads only below [batch].input {spec.batch.input}")
+    if not given["output"].startswith(places["output"]):
+        raise BadRequest(f"--output: the deployed map writes only below [batch].output {spec.batch.output}")
+
+
 def state_machine_arn(spec: FunctionSpec, stack: str | None, cloudformation: Any) -> str:
     """The ARN the function's stack exports as `BatchStateMachineArn`."""
     name = stack or f"Modelfn-{spec.name}"
@@ -48,6 +60,7 @@ def start(spec: FunctionSpec, input_uri: str, output_uri: str, arn: str | None, 
     import boto3
 
     given = execution_input(input_uri, output_uri)
+    _within_grants(spec, given, input_uri)
     arn = arn or state_machine_arn(spec, stack, boto3.client("cloudformation"))
     # a readable, unique name: the function, then enough randomness for two starts in one second
     name = f"{spec.name}-{uuid.uuid4().hex[:12]}"
