@@ -148,6 +148,8 @@ def _local_invoke(provider: str, name: str, event: Any) -> Any:
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
+    if args.version:
+        _pin_version(args)
     if args.event:
         event = _json_file(args.event, "--event")
         if args.functions_dir:
@@ -164,9 +166,24 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         hint = not_built(registry.specs[args.name])
         if hint:
             raise ModelUnavailable(f"{args.name} is {hint}")
-        result = registry.load(args.name).predict(payload=payload)
+        fn = registry.traffic(args.name).choose() if args.version else registry.load(args.name)
+        result = fn.predict(payload=payload)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _pin_version(args: argparse.Namespace) -> None:
+    """`--version V`: that version answers (HTTP events, every trigger, --data), with no split
+    and no shadow copy, as a request to its `/versions/V` route would be."""
+    from modelfn import traffic
+    from modelfn.spec import discover, load_spec
+
+    found = discover(_functions_dir(args))
+    if args.name in found:
+        versions = load_spec(found[args.name]).model.version_names
+        if args.version not in versions:
+            raise BadRequest(f"--version {args.version}: {args.name} has the versions {versions}")
+    traffic.PINNED[args.name] = args.version
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -297,6 +314,9 @@ def parser() -> argparse.ArgumentParser:
     given.add_argument("--data", help="JSON payload, or @file")
     given.add_argument("--event", help="event file to pass to the provider's handler (e.g. events/aws/sqs.json)")
     invoke.add_argument("--provider", choices=PROVIDERS, help="with --event: whose handler runs it (default: aws)")
+    invoke.add_argument(
+        "--version", help="the model version that answers (default: --event follows [traffic], --data runs [model])"
+    )
     invoke.set_defaults(run=cmd_invoke)
 
     sub.add_parser("list", parents=[common], help="list the functions found").set_defaults(run=cmd_list)

@@ -26,6 +26,9 @@ VERSION_HEADER = "x-modelfn-version"
 """The version that answered, on every answer of a function that declares versions."""
 KEY_ATTRIBUTE = "modelfn-key"
 """The message attribute (SQS, SNS, Pub/Sub) that carries the sticky key of an event."""
+PINNED: dict[str, str] = {}
+"""function -> the one version that answers everything, no split and no shadow: set by
+`modelfn invoke --version` before the function loads; never set in a deployment."""
 
 
 def version_spec(spec: FunctionSpec, version: str) -> FunctionSpec:
@@ -66,6 +69,10 @@ class Versions:
             self._bounds.append(running)
         self.shadow = self.functions[spec.traffic.shadow] if spec.traffic.shadow else None
         self.sample = spec.traffic.shadow_sample
+        pinned = PINNED.get(spec.name)
+        if pinned is not None:
+            self.get(pinned)  # an unknown version is a 404 naming the versions
+            self._live, self._bounds, self.weights, self.shadow = [pinned], [1.0], {pinned: 1.0}, None
         self.versioned = len(self.functions) > 1
         """False for a function with one model: it answers exactly as it did before versions existed."""
 

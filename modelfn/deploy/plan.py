@@ -269,6 +269,50 @@ def place(spec: FunctionSpec, provider: str) -> Placement:
     return {"aws": _aws, "gcp": _gcp, "azure": _azure}[provider](spec)
 
 
+SHADOW_RUNS = {
+    "aws": "in a Lambda of its own: one async invoke of its `shadow` alias per copy (the CDK app makes both)",
+    "cloud-run": "in the same container, after the answer is sent (bounded: copies beyond 64 in flight are dropped)",
+    "gcp": "in a function of its own on the Pub/Sub topic MODELFN_SHADOW_TOPIC; unset: in-process, after the answer",
+    "azure": "in a function of its own on the Storage Queue MODELFN_SHADOW_QUEUE; unset: in-process, after the answer",
+}
+
+
+def traffic_policy(spec: FunctionSpec) -> dict[str, Any] | None:
+    """A versioned function's `[traffic]` as the plan shows it: live shares in percent, the
+    shadow and its sample; None for a function with one model."""
+    if len(spec.model.version_names) == 1:
+        return None
+    weights = {v: w for v, w in (spec.traffic.weights or {spec.model.version: 1.0}).items() if w > 0}
+    total = sum(weights.values())
+    return {
+        "versions": spec.model.version_names,
+        "default": spec.model.version,
+        "weights_percent": {v: round(w / total * 100, 2) for v, w in weights.items()},
+        "shadow": spec.traffic.shadow,
+        "shadow_sample": spec.traffic.shadow_sample if spec.traffic.shadow else None,
+    }
+
+
+def shadow_runs(placement: Placement) -> str:
+    if placement.provider == "gcp" and placement.target.startswith("cloud-run"):
+        return SHADOW_RUNS["cloud-run"]
+    return SHADOW_RUNS[placement.provider]
+
+
+def _print_traffic(specs: list[FunctionSpec], placements: list[Placement]) -> None:
+    for spec in specs:
+        policy = traffic_policy(spec)
+        if policy is None:
+            continue
+        live = ", ".join(f"{v} {share:g} %" for v, share in policy["weights_percent"].items())
+        print(f"\ntraffic {spec.name}: versions {', '.join(policy['versions'])}; live {live} (sticky by x-modelfn-key)")
+        if policy["shadow"]:
+            print(f"  shadow {policy['shadow']} on {policy['shadow_sample'] * 100:g} % of requests, runs:")
+            for p in placements:
+                if p.function == spec.name and p.deployable:
+                    print(f"    {p.provider:8} {shadow_runs(p)}")
+
+
 def plan_all(specs: list[FunctionSpec], providers: tuple[str, ...] = PROVIDERS) -> list[Placement]:
     return [place(spec, provider) for spec in specs for provider in providers]
 
@@ -286,11 +330,20 @@ def main(args: argparse.Namespace) -> int:
     providers = (args.provider,) if args.provider else PROVIDERS
     placements = plan_all(specs, providers)
     if args.json:
-        print(json.dumps([asdict(p) for p in placements], indent=2))
+        policies = {s.name: traffic_policy(s) for s in specs}
+        shown = []
+        for p in placements:
+            shown.append(asdict(p))
+            policy = policies[p.function]
+            if policy is not None:  # only versioned functions: a one-model function's entry is unchanged
+                shadow = {"shadow_runs": shadow_runs(p)} if policy["shadow"] and p.deployable else {}
+                shown[-1]["traffic"] = {**policy, **shadow}
+        print(json.dumps(shown, indent=2))
     else:
         print(f"{'function':20} {'provider':8} {'target':18} why")
         for p in placements:
             print(f"{p.function:20} {p.provider:8} {p.target:18} {p.reason}")
+        _print_traffic(specs, placements)
     if args.out:
         if not args.provider:
             print("modelfn plan: --out needs --provider (gcp or azure; AWS deploys through cdk/)")
