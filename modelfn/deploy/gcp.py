@@ -7,6 +7,8 @@ function, in `DIR/<name>/`:
 - `cloud-functions.yaml` and `source/`: the Cloud Functions (2nd gen) deploy configuration and the
   source folder `gcloud functions deploy --source` uploads (`main.py`, `requirements.txt`, and the
   `modelfn`, `handlers` and function folders copied in);
+- `job.yaml` and, with a schedule, `scheduler.yaml`: a Cloud Run Job of `modelfn batch` tasks for a
+  `[batch]` table, and the Cloud Scheduler job running it (`modelfn.deploy.gcp_batch`);
 - `deploy.sh`: the same as `gcloud` commands (`DRY_RUN=1` prints them).
 
 Project and region come from `$GOOGLE_CLOUD_PROJECT` and `$GOOGLE_CLOUD_REGION` at plan time;
@@ -326,6 +328,10 @@ def write(spec: FunctionSpec, placement: Placement, out_dir: Path) -> list[Path]
     functions = cloud_functions(spec, placement, project, region)
     if functions:
         put("cloud-functions.yaml", header + to_yaml({"functions": functions}) + "\n")
+    if spec.batch is not None:
+        from modelfn.deploy import gcp_batch
+
+        written += gcp_batch.write(spec, placement, folder, project, region, header)
     written += _source_folder(spec, placement, folder / "source")
     put("deploy.sh", deploy_script(spec, placement, project, region, functions, eventarc))
     (folder / "deploy.sh").chmod(0o755)
@@ -358,6 +364,8 @@ def _source_folder(spec: FunctionSpec, placement: Placement, source: Path) -> li
     dockerfile = "Dockerfile.gpu" if placement.target == "cloud-run-gpu" else "Dockerfile"
     lines = (ROOT / "containers" / dockerfile).read_text().splitlines()
     lines = [f"ARG FUNCTION={spec.name}" if line.startswith("ARG FUNCTION=") else line for line in lines]
+    if spec.batch is not None:  # the Cloud Run Job's `modelfn batch` reads and writes Parquet too
+        lines = [f"{line},batch" if line.startswith("ARG EXTRAS=") else line for line in lines]
     (source / "Dockerfile").write_text("\n".join(lines) + "\n")
     (source / ".gcloudignore").write_text("__pycache__/\n*.pyc\n*.partial\n")
     return [source / name for name in ("main.py", "requirements.txt", "pyproject.toml", "Dockerfile")]
@@ -399,7 +407,7 @@ def deploy_script(
         '    "$HERE/$1" >"$HERE/.$1"; }',
         "",
     ]
-    if placement.target in ("cloud-run", "cloud-run-gpu") or eventarc:
+    if placement.target in ("cloud-run", "cloud-run-gpu") or eventarc or spec.batch is not None:
         lines += [
             "# One image per function, model baked in (containers/README.md); source/ is its build context.",
             'if [ "$BUILDER" = cloud-build ]; then',
@@ -431,4 +439,8 @@ def deploy_script(
         ]
     for function in functions:
         lines.append(" ".join(["run", *gcloud_functions_deploy(function)]))
+    if spec.batch is not None:
+        from modelfn.deploy import gcp_batch
+
+        lines += gcp_batch.deploy_lines(spec)
     return "\n".join(lines) + "\n"
