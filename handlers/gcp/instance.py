@@ -30,6 +30,10 @@ def service() -> Service:
         if key not in _services:
             registry = Registry.from_dir(names=[key[1]] if key[1] else None)
             _services[key] = Service(registry, key=api_key(), platform_limit_bytes=PLATFORM_MAX_BODY_BYTES)
+            if os.environ.get("MODELFN_SHADOW_TOPIC"):  # the shadow runs in a function of its own
+                from handlers.gcp.shadow import PubSubShadowSink
+
+                _services[key].shadow_sink = PubSubShadowSink(os.environ["MODELFN_SHADOW_TOPIC"])
             observations.subscribe(observations.log_recorder)  # per-version metrics as log lines
         return _services[key]
 

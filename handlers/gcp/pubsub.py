@@ -9,7 +9,7 @@ import logging
 import os
 from typing import Any
 
-from handlers.gcp import instance
+from handlers.gcp import instance, shadow
 from handlers.gcp.settle import Outcome, retry, settle
 from modelfn import events
 from modelfn.codecs import b64decode
@@ -48,6 +48,8 @@ def handle_message(message: Any, origin: tuple[str | None, ...] = (), function: 
         if not message.get("data"):
             raise BadRequest("the message has no data: publish the request body as the message data")
         body = b64decode(message["data"], "message.data")
+        if shadow.is_copy(attributes):  # a live function's shadow copy: run it, answer no one
+            return shadow.run_message(body, _message_id(message))
         content_type = _attribute(attributes, "content-type", "contenttype") or JSON
         key = _attribute(attributes, KEY_ATTRIBUTE)  # the sticky version key
         result = instance.service().predict(name, body, content_type, key=key)
