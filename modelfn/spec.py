@@ -313,7 +313,9 @@ class BatchSpec:
 
     input: str = _f(pattern=r"(s3|gs|az)://[^/]+(/.*)?", help="The prefix scored: s3://, gs:// or az://bucket/prefix/.")
     output: str = _f(pattern=r"(s3|gs|az)://[^/]+(/.*)?", help="Where outputs go, in the input's layout.")
-    items_per_batch: int = _f(10, ge=1, le=10000, help="AWS: objects per Lambda invocation (ItemBatcher).")
+    items_per_batch: int = _f(
+        10, ge=1, le=1000, help="AWS: objects per Lambda invocation (ItemBatcher); its summary must fit 256 KB."
+    )
     tolerated_failure_percentage: float = _f(
         0.0, ge=0, le=100, help="AWS: the share of objects that may fail before the map run fails."
     )
