@@ -6,28 +6,16 @@ starts a real execution of a state machine found through a stack's output."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from support.aws import boto, unique
+from test_batch_stores import expected, jsonl
 
 from modelfn import cli
 
 pytestmark = pytest.mark.slow
-MODEL = Path(__file__).resolve().parent.parent / "functions" / "breast-cancer" / "model.onnx"
-
-
-def jsonl(rows: np.ndarray, bad: bool = False) -> bytes:
-    lines = [json.dumps({"X": r.tolist()}) for r in rows] + (['{"X": [1, 2]}'] if bad else [])
-    return ("\n".join(lines) + "\n").encode()
-
-
-def expected(rows: np.ndarray) -> list[int]:
-    labels = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"]).run(None, {"X": rows})[0]
-    return [int(v) for v in labels]
 
 
 def map_items(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
