@@ -21,7 +21,7 @@ from typing import Any
 import azure.functions as func
 from azure.functions.decorators.function_app import Function
 
-from handlers.az import blob, http, queue
+from handlers.az import blob, http, queue, shadow
 from handlers.az.blob import blob_bindings, output_blob_path  # noqa: F401  (part of this module's surface)
 from handlers.az.served import ServedFunction
 from modelfn.errors import NotFound, SpecError
@@ -107,4 +107,5 @@ def build_app(
         app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
     for kind, trigger in declared.items():
         TRIGGERS[kind][1](app, served, trigger, function_id(spec, kind))
+    shadow.add_shadow(app, served, function_id(spec, "shadow"))  # MODELFN_SHADOW_QUEUE: a queue of its own
     return app
