@@ -1,7 +1,8 @@
 """The `[batch]` table on AWS: a Step Functions Distributed Map over the function's live alias,
 synthesised in-process with the app's own context, its definition read back as Step Functions
-reads it, every IAM grant checked against the one bucket and prefix it is for, and the templates
-passed through cdk-nag (AwsSolutions) and cfn-lint."""
+reads it, every IAM grant checked against the one bucket and prefix it is for, the templates
+passed through cdk-nag (AwsSolutions) and cfn-lint, and the map's own reader and batcher
+parameters replayed against moto's S3 into the Lambda handler."""
 
 from __future__ import annotations
 
@@ -188,3 +189,51 @@ def test_cdk_nag_and_cfn_lint_pass(synth: Synthesis) -> None:
     templates = sorted(str(p) for p in synth.outdir.glob("*.template.json"))
     result = subprocess.run([cfn_lint, "--ignore-checks", "W3005", "--", *templates], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def run_map(state: dict[str, Any], execution_input: dict[str, Any], s3: Any, handler: Any) -> list[Any]:
+    """What the Distributed Map does with the synthesised state, step by step: list with its
+    ItemReader's parameters, cut the listing into ItemBatcher batches with its BatchInput
+    (paths resolved against the execution input), and invoke the handler on each batch."""
+
+    def resolved(parameters: dict[str, Any]) -> dict[str, Any]:
+        return {
+            key.removesuffix(".$"): execution_input[value.removeprefix("$.")] if key.endswith(".$") else value
+            for key, value in parameters.items()
+        }
+
+    listing = resolved(state["ItemReader"]["Parameters"])
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=listing["Bucket"], Prefix=listing["Prefix"])
+    items = [
+        {"Etag": o["ETag"], "Key": o["Key"], "LastModified": int(o["LastModified"].timestamp()), "Size": o["Size"]}
+        for page in pages
+        for o in page.get("Contents", [])
+    ]
+    size = state["ItemBatcher"]["MaxItemsPerBatch"]
+    batch_input = resolved(state["ItemBatcher"]["BatchInput"])
+    return [
+        handler({"Items": items[i : i + size], "BatchInput": batch_input}, None) for i in range(0, len(items), size)
+    ]
+
+
+def test_the_synthesised_map_fed_to_the_handler_scores_the_prefix_on_s3(
+    synth: Synthesis, aws: Any, endpoint: str, cancer_rows: Any
+) -> None:
+    from support.aws import boto
+
+    [state] = definition(synth, "nightly")["States"].values()
+    s3 = boto("s3", endpoint)
+    for bucket in ("acme-inputs", "acme-results"):
+        s3.create_bucket(Bucket=bucket)
+    for i in range(60):
+        body = json.dumps({"X": cancer_rows[i].tolist()}).encode()
+        s3.put_object(Bucket="acme-inputs", Key=f"daily/2026-11-30/{i:02d}.json", Body=body)
+    s3.put_object(Bucket="acme-inputs", Key="daily/2026-11-29/old.json", Body=b"{}")
+    execution_input = {"prefix": "daily/2026-11-30/", "output": "s3://acme-results/scores/2026-11-30/"}
+
+    summaries = run_map(state, execution_input, s3, aws.handler)
+
+    assert len(summaries) == 3  # 60 objects, 25 per batch
+    assert sum(len(s["items"]) for s in summaries) == 60 and all(s["failed"] == [] for s in summaries)
+    listed = s3.list_objects_v2(Bucket="acme-results", Prefix="scores/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == [f"scores/2026-11-30/{i:02d}.json.json" for i in range(60)]
