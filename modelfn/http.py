@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from modelfn.errors import PayloadTooLarge, Unauthorized, error_body
@@ -14,17 +13,20 @@ from modelfn.errors import PayloadTooLarge, Unauthorized, error_body
 MB = 1024 * 1024
 
 
-@dataclass
 class HttpRequest:
-    method: str
-    path: str
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
+    """A method, a path without its trailing slash, headers with lower-case names, a body. (A
+    plain class: a dataclass would be generated at import, on the Lambda cold-start path.)"""
 
-    def __post_init__(self) -> None:
-        self.method = self.method.upper()
-        self.headers = {k.lower(): v for k, v in self.headers.items()}
-        self.path = "/" + self.path.strip("/") if self.path not in ("", "/") else "/"
+    __slots__ = ("body", "headers", "method", "path")
+
+    def __init__(self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
+        self.method = method.upper()
+        self.path = "/" + path.strip("/") if path not in ("", "/") else "/"
+        self.headers = {k.lower(): v for k, v in headers.items()} if headers else {}
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"HttpRequest({self.method!r}, {self.path!r}, {len(self.body)} bytes)"
 
     @property
     def content_type(self) -> str | None:
@@ -35,10 +37,37 @@ JSON_TYPE = "application/json"
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
+def _load_orjson() -> Any:
+    try:
+        import orjson
+    except ImportError:
+        return None
+    return orjson
+
+
+orjson: Any = _load_orjson()
+"""orjson where it is installed (the `aws` and `server` extras): 5-10x faster than the standard
+library both ways. Every use falls back to `json`, which decides and words what orjson refuses."""
+_NON_STR_KEYS = orjson.OPT_NON_STR_KEYS if orjson else 0
+
+
+def json_bytes(value: Any) -> bytes:
+    """The one JSON encoding of results and answers: compact, UTF-8, and NaN refused rather
+    than written as the invalid `NaN` token."""
+    if orjson is not None:
+        try:
+            data: bytes = orjson.dumps(value, option=_NON_STR_KEYS)
+        except TypeError:  # orjson.JSONEncodeError: integers past 64 bits, types it does not know
+            pass
+        else:
+            if b"null" not in data:  # orjson writes NaN as null; the standard encoder refuses it
+                return data
+    return _encode(value).encode()
+
+
 def json_text(value: Any) -> str:
-    """The one JSON encoding of results and answers: compact, and NaN refused rather than
-    written as the invalid `NaN` token."""
-    return _encode(value)
+    """`json_bytes` as text."""
+    return json_bytes(value).decode()
 
 
 class HttpResponse:
@@ -55,7 +84,7 @@ class HttpResponse:
 
     def encoded(self) -> bytes:
         if self._encoded is None:
-            self._encoded = self.body if isinstance(self.body, bytes) else json_text(self.body).encode()
+            self._encoded = self.body if isinstance(self.body, bytes) else json_bytes(self.body)
         return self._encoded
 
     @property

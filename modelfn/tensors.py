@@ -14,6 +14,8 @@ from modelfn.session import TensorInfo
 
 # An overflowing float cast is refused with a 422 below; NumPy's warning about it is noise.
 warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
+# `all_finite` sums first: a sum that overflows or meets inf - inf is settled exactly after it.
+warnings.filterwarnings("ignore", "(overflow|invalid value) encountered in reduce", RuntimeWarning, __name__)
 
 
 def _expected(info: TensorInfo) -> str:
@@ -111,11 +113,21 @@ def _numeric(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: st
 def _floats(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: str) -> np.ndarray:
     """The hot path for most models: one cast and one finiteness check of the result."""
     cast = array if array.dtype == want else array.astype(want)
-    if nan_policy == "reject" and array.dtype.kind == "f" and array.size and not np.isfinite(cast).all():
+    if nan_policy == "reject" and array.dtype.kind == "f" and array.size and not all_finite(cast):
         if np.isfinite(array).all():
             raise InvalidInput(f"input {info.name!r}: values overflow {want.name}", input=info.name)
         raise InvalidInput(f"input {info.name!r}: NaN and Infinity are not accepted", input=info.name)
     return cast
+
+
+_add = np.add.reduce
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """Whether a float array holds no NaN or Infinity. A finite sum says so at the cost of one
+    reduction (a NaN or an Infinity makes any sum non-finite); summed in float64, only float64
+    values near its limit can overflow, and those are settled element by element."""
+    return math.isfinite(_add(array, axis=None, dtype=np.float64)) or bool(np.isfinite(array).all())
 
 
 def _shaped(array: np.ndarray, info: TensorInfo) -> np.ndarray:
@@ -142,7 +154,7 @@ def to_json(array: np.ndarray | np.generic) -> Any:
     becomes null rather than an invalid document; bytes become text."""
     values = array.tolist()
     kind = array.dtype.kind
-    if kind == "f" and array.size and not np.isfinite(array).all():
+    if kind == "f" and array.size and not all_finite(array):
         return _finite(values)
     if kind in "OS":
         return _text(values)

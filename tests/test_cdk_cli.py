@@ -131,7 +131,7 @@ def test_examples_get_their_triggers_and_codec_layers(cli_synth: tuple[Path, lis
     layers = [r["Properties"] for r in digits["Resources"].values() if r["Type"] == "AWS::Lambda::LayerVersion"]
     assert sorted(layer["Description"].split(" for ")[0] for layer in layers) == [
         "ONNX Runtime + NumPy",
-        "aws-lambda-powertools, pillow",
+        "aws-lambda-powertools, orjson, pillow",
     ]
 
 

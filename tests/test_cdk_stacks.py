@@ -291,7 +291,7 @@ def test_zip_function_follows_the_spec(synth: Synthesis) -> None:
     layers = synth.resources("warm", "AWS::Lambda::LayerVersion").values()
     assert sorted(layer["Description"] for layer in layers) == [
         "ONNX Runtime + NumPy for Python 3.12 (x86_64)",
-        "aws-lambda-powertools for Python 3.12 (x86_64)",
+        "aws-lambda-powertools, orjson for Python 3.12 (x86_64)",
     ]
     assert all(layer["CompatibleRuntimes"] == ["python3.12"] for layer in layers)
     assert all(layer["CompatibleArchitectures"] == ["x86_64"] for layer in layers)
@@ -591,6 +591,7 @@ def test_container_package_becomes_an_image_function_staged_without_docker(synth
         "aws-lambda-powertools>=3.0",
         "numpy>=1.26",
         "onnxruntime>=1.18",
+        "orjson>=3.9",
         "pillow>=10",
     ]
     assert (context / "functions" / "boxed" / "model.onnx").is_file()

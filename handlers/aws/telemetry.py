@@ -31,7 +31,7 @@ _quote = json.encoder.encode_basestring
 
 
 def _number(value: float) -> str:
-    return repr(value) if math.isfinite(value) else "null"
+    return repr(value) if type(value) is int or math.isfinite(value) else "null"
 
 
 def _numbers(values: list[float]) -> str:
@@ -65,6 +65,7 @@ class Telemetry:
         self.dimensions: dict[str, str] = {"service": self.service}
         self.metrics: dict[str, tuple[str, list[float]]] = {}
         self._templates: dict[tuple[Any, ...], str] = {}
+        """EMF documents by (metric names..., function, trigger): a metric's unit is fixed by its name."""
 
     @property
     def stream(self) -> TextIO:
@@ -146,22 +147,24 @@ class Telemetry:
         """Write the invocation's metrics as one Embedded Metric Format document. Everything
         but the numbers repeats from one invocation to the next, so it is encoded once per
         shape (metric names, units, dimensions, trigger) into a template."""
-        if not self.metrics or not self.metrics_enabled:
-            self.metrics = {}
-            return
         metrics = self.metrics
         self.metrics = {}
-        shape = (
-            tuple((name, unit) for name, (unit, _) in metrics.items()),
-            tuple(self.dimensions.items()),
-            self.trigger,
-        )
+        if not metrics or not self.metrics_enabled:
+            return
+        shape = (*metrics, self.function, self.trigger)  # the dimensions follow from the function
         template = self._templates.get(shape)
         if template is None:
-            template = self._templates[shape] = self._template(shape[0])
-        numbers = [_number(values[0]) if len(values) == 1 else _numbers(values) for _, values in metrics.values()]
+            units = tuple((name, unit) for name, (unit, _) in metrics.items())
+            template = self._templates[shape] = self._template(units)
         request_id = getattr(self.context, "aws_request_id", None)
-        self.emit(template.format(int(time.time() * 1000), *numbers, _quote(str(request_id)) if request_id else "null"))
+        self.emit(
+            template
+            % (
+                int(time.time() * 1000),
+                *[_number(values[0]) if len(values) == 1 else _numbers(values) for _, values in metrics.values()],
+                _quote(str(request_id)) if request_id else "null",
+            )
+        )
 
     def document(self, dimensions: dict[str, str], metrics: list[tuple[str, str, float]]) -> None:
         """One EMF document of its own, outside the invocation's: metrics with other dimensions
@@ -185,9 +188,9 @@ class Telemetry:
         }
         fixed = {**self.dimensions, "trigger": self.trigger}
         head = _encode({"_aws": {"Timestamp": 0, "CloudWatchMetrics": [directive]}, **fixed})
-        head = head.replace("{", "{{").replace("}", "}}").replace('"Timestamp":0', '"Timestamp":{}', 1)
-        values = "".join(f",{_quote(name)}:{{}}" for name, _ in metrics)
-        return head[:-2] + values + ',"function_request_id":{}}}'
+        head = head.replace("%", "%%").replace('"Timestamp":0', '"Timestamp":%s', 1)
+        values = "".join(f",{_quote(name).replace('%', '%%')}:%s" for name, _ in metrics)
+        return head[:-1] + values + ',"function_request_id":%s}'
 
     def write(self, document: dict[str, Any]) -> None:
         self.emit(_encode(document))
