@@ -2,9 +2,10 @@
 its outputs into the reference profile's bins and, once per window (N requests or T
 seconds), reports each feature's population stability index (PSI) against the profile.
 
-The per-request cost is a few list appends: the decoded feeds and outputs the profile reads
-wait (by reference, narrow tensors only) until `BLOCK_ROWS` rows have come or the window closes; then they are
-summarised and binned at once (`searchsorted` + `bincount`) and let go. Memory is those rows
+The per-request cost is one list append: where every tensor the profile reads is narrow (a
+table's rows), the request's decoded feeds and outputs wait by reference until `BLOCK_ROWS`
+rows have come or the window closes; then they are checked, summarised and binned at once
+(`searchsorted` + `bincount`) and let go. Wide or ragged tensors are summarised per request. Memory is those rows
 plus one counter per bin, bounded and constant per function; values never leave the process
 and are held only until the next binning."""
 
@@ -113,6 +114,9 @@ class DriftMonitor:
             tensors[key].sources.append((source, first))
             first += len(source.features)
         self._tensors = list(tensors.values())
+        self._defer = all(tensor.fixed for tensor in self._tensors)
+        """Every tensor is narrow: requests wait whole and are checked when binned."""
+        self._waiting: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
         bins = np.array([f.bins for f in self.features], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(bins)[:-1]]).astype(np.int64)
         self._total_bins = int(bins.sum())
@@ -131,7 +135,14 @@ class DriftMonitor:
         """Count one request's rows; closes the window when it is due."""
         report = None
         with self._lock:
-            self._take(feeds, outputs)
+            if self._defer:
+                self._waiting.append((feeds, outputs))
+                first = next(iter(feeds.values()), None)  # rows, for the block size; checked when binned
+                self.pending_rows += 1 if first is None or first.ndim == 0 else len(first)
+                if self.pending_rows >= BLOCK_ROWS:
+                    self._bin()
+            else:
+                self._take(feeds, outputs)
             self.requests += 1
             if (
                 self.requests >= self.spec.window_requests
@@ -150,6 +161,20 @@ class DriftMonitor:
         return report
 
     def _take(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        rows = self._collect(feeds, outputs)
+        self.pending_rows += rows
+        if self.pending_rows >= BLOCK_ROWS:
+            self._bin()
+
+    def _drain(self) -> None:
+        """Move the requests waiting whole into the tensors' pending rows."""
+        waiting, self._waiting = self._waiting, []
+        for feeds, outputs in waiting:
+            self._collect(feeds, outputs)
+
+    def _collect(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> int:
+        """One request's rows into each tensor's pending list; 0 (and counted as skipped) when
+        its shapes are not the ones the profile describes."""
         rows = -1
         for taken, tensor in enumerate(self._tensors):
             values = (outputs if tensor.outputs else feeds).get(tensor.tensor)
@@ -163,20 +188,20 @@ class DriftMonitor:
                 for undo in self._tensors[:taken]:  # a shape the profile does not describe: not counted
                     undo.pending.pop()
                 self.skipped += 1
-                return
+                return 0
             rows = values.shape[0]
             if tensor.fixed:
                 tensor.pending.append(values)
             else:  # rows of varying shape, or wide ones: summarised now
                 tensor.pending.append([extract(source.summary, values) for source, _ in tensor.sources])
-        self.pending_rows += rows
         self.rows += rows
-        if self.pending_rows >= BLOCK_ROWS:
-            self._bin()
+        return rows
 
     def _bin(self) -> None:
         """Summarise the waiting rows and add them to the counters (one bincount for every feature)."""
-        if not self.pending_rows:
+        self._drain()
+        self.pending_rows = 0
+        if not self._tensors or not self._tensors[0].pending:
             return
         indices = []
         for tensor in self._tensors:
@@ -190,10 +215,10 @@ class DriftMonitor:
                 for j, feature in enumerate(source.features):
                     found = bin_index(matrix[:, j], feature.edges, feature.categorical)
                     indices.append(found + self._offsets[first + j])
-        self.pending_rows = 0
         self.counts += np.bincount(np.concatenate(indices), minlength=self._total_bins)
 
     def _close(self, force: bool = False) -> DriftReport | None:
+        self._drain()
         if self.rows < self.spec.min_rows and not (force and self.rows):
             return None  # too few rows to say anything: carried into the next window
         self._bin()
