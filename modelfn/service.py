@@ -37,8 +37,8 @@ OFFLOAD_BYTES = 256 * 1024
 """Bodies above this are decoded and their answers encoded in a worker thread, so a large
 request does not hold the event loop (health probes, other callers) while it is parsed."""
 SHADOW_BACKLOG = 64
-"""Shadow copies the async driver keeps in flight at most; beyond that a copy is dropped (and
-counted), so a slow shadow version cannot pile work up behind the live one."""
+"""Shadow copies the async driver keeps waiting at most; beyond that a copy is dropped (and
+counted), so a slow shadow version or a busy server cannot pile work up behind the live one."""
 
 
 class Inference:
@@ -81,7 +81,15 @@ class Service:
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent merged batch sizes, for metrics and tests
         self._executor: ThreadPoolExecutor | None = None
         self._shadows: set[Any] = set()
-        """The async driver's shadow copies in flight (tasks), at most SHADOW_BACKLOG."""
+        """The async driver's shadow lane (a task, while it has copies to run)."""
+        self._shadow_queue: deque[tuple[Any, ...]] = deque()
+        """Shadow copies waiting for an idle moment, at most SHADOW_BACKLOG."""
+        self._in_flight = 0
+        """Requests the async driver is answering now: the shadow lane runs only when none are."""
+        self._idle: Any = None
+        """The event the shadow lane waits on while live requests are in flight."""
+        self._lane: Any = None
+        self._closing = False
         self.monitor = Monitor()
         """Prediction cache and drift counting around each model run, for the functions that ask."""
         self.metrics: Any = None
@@ -131,6 +139,17 @@ class Service:
         self, request: HttpRequest, admitted: tuple[Route, dict[str, str]] | None = None
     ) -> HttpResponse:
         """One request on an event loop: batched inference, large bodies off the loop."""
+        self._in_flight += 1
+        try:
+            return await self._handle_async(request, admitted)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight and self._idle is not None:
+                self._idle.set()  # the shadow lane's turn
+
+    async def _handle_async(
+        self, request: HttpRequest, admitted: tuple[Route, dict[str, str]] | None = None
+    ) -> HttpResponse:
         import asyncio  # here, not at import: the sync driver (Lambda's cold start) never pays for it
 
         serving = outputs = None
@@ -263,6 +282,9 @@ class Service:
     async def close(self) -> None:
         import asyncio
 
+        self._closing = True
+        if self._idle is not None:
+            self._idle.set()
         if self._shadows:  # copies already taken finish their comparison before the batchers close
             await asyncio.gather(*self._shadows, return_exceptions=True)
         self.monitor.close_windows()
@@ -410,15 +432,33 @@ class Service:
     def _shadow_later(
         self, shadow: ModelFunction, decode: Callable[[ModelFunction], Feeds], live: Outputs, heavy: bool
     ) -> None:
-        """The async driver's shadow copy: a task of its own, after the live answer, bounded."""
+        """The async driver's shadow copy, after the live answer, at a lower priority than any live
+        request: copies wait in a bounded queue and one lane runs them, one at a time, only while
+        no live request is in flight. A server that is never idle drops copies (counted) rather
+        than slow its answers."""
         import asyncio
 
-        if len(self._shadows) >= SHADOW_BACKLOG:
+        if len(self._shadow_queue) >= SHADOW_BACKLOG:
             shadow_dropped(shadow)
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(shadow, decode, live, heavy))
-        self._shadows.add(task)
-        task.add_done_callback(self._shadows.discard)
+        self._shadow_queue.append((shadow, decode, live, heavy))
+        if self._lane is None:
+            self._lane = task = asyncio.get_running_loop().create_task(self._shadow_lane())
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+    async def _shadow_lane(self) -> None:
+        import asyncio
+
+        try:
+            while self._shadow_queue:
+                if self._in_flight and not self._closing:  # live requests first
+                    self._idle = asyncio.Event()
+                    await self._idle.wait()
+                    continue
+                await self._shadow(*self._shadow_queue.popleft())
+        finally:
+            self._lane = None  # no await since the queue was seen empty: a copy added now starts a lane
 
     async def _shadow(
         self, shadow: ModelFunction, decode: Callable[[ModelFunction], Feeds], live: Outputs, heavy: bool

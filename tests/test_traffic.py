@@ -452,6 +452,35 @@ def test_the_server_runs_the_shadow_after_the_answer_and_exports_it(root: Path) 
         assert 'modelfn_version_requests_total{function="ab",role="shadow",status="200",version="3"} 50.0' in metrics
 
 
+def test_the_server_shadow_waits_while_live_requests_are_in_flight_and_drops_beyond_its_backlog(root: Path) -> None:
+    import asyncio
+
+    from modelfn.service import SHADOW_BACKLOG
+
+    STATS.clear()
+    svc = service(root, "ab")
+    body = json.dumps({"x": ROW}).encode()
+
+    async def burst() -> tuple[list[HttpResponse], dict[str, Any]]:
+        async def one(i: int) -> HttpResponse:
+            headers = {"content-type": "application/json", "x-modelfn-key": f"b{i}"}
+            return await svc.handle_async(HttpRequest("POST", "/functions/ab", headers, body))
+
+        # 200 requests at once: while any is in flight no shadow copy runs, so they queue up to the backlog
+        answers = await asyncio.gather(*(one(i) for i in range(200)))
+        during = next(s for s in STATS.of("ab") if s["role"] == "shadow")
+        await svc.close()  # idle now: the queued copies run
+        return answers, dict(during)
+
+    answers, during = asyncio.run(burst())
+    assert all(answered_by(a) in ("1", "2") for a in answers)
+    # none ran while live requests were in flight; beyond the backlog, copies were dropped and counted
+    assert (during["requests"], during["dropped"]) == (0, 200 - SHADOW_BACKLOG)
+    shadow = next(s for s in STATS.of("ab") if s["role"] == "shadow")
+    assert (shadow["requests"], shadow["errors"], shadow["dropped"]) == (SHADOW_BACKLOG, 0, 200 - SHADOW_BACKLOG)
+    assert shadow["agreement"]["y"]["requests"] == SHADOW_BACKLOG
+
+
 def test_bundles_ship_every_versions_model(root: Path) -> None:
     from modelfn.deploy.plan import left_behind
 
