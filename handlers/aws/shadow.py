@@ -53,9 +53,12 @@ class LambdaShadowSink:
             )
             return
         try:
-            clients.client("lambda", fail_fast=True).invoke(
+            answer = clients.client("lambda", fail_fast=True).invoke(
                 FunctionName=self.target, InvocationType="Event", Payload=payload
             )
+            # the (empty) streamed body read to its end: only then does the connection go back to
+            # the pool; unread, every copy would open a new connection (a TLS handshake on Lambda)
+            answer["Payload"].read()
         except Exception as exc:
             self._lost(copy, "ShadowCopiesFailed", "shadow invoke failed", exc)
             return
