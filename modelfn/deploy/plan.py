@@ -271,7 +271,7 @@ def place(spec: FunctionSpec, provider: str) -> Placement:
 
 SHADOW_RUNS = {
     "aws": "in a Lambda of its own: one async invoke of its `shadow` alias per copy (the CDK app makes both)",
-    "cloud-run": "in the same container, after the answer is sent (bounded: copies beyond 64 in flight are dropped)",
+    "cloud-run": "in the same container, after the answer, only while no live request is in flight (64 wait at most)",
     "gcp": "in a function of its own on the Pub/Sub topic MODELFN_SHADOW_TOPIC; unset: in-process, after the answer",
     "azure": "in a function of its own on the Storage Queue MODELFN_SHADOW_QUEUE; unset: in-process, after the answer",
 }
