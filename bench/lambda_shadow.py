@@ -35,14 +35,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.lambda_warm import per_call  # noqa: E402
+
 TARGET = "arn:aws:lambda:us-east-1:123456789012:function:cancer-ab-shadow:shadow"
-
-
-class Context:
-    function_name = "modelfn-bench"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:modelfn-bench"
-    aws_request_id = "00000000-0000-0000-0000-000000000000"
 
 
 def function_folder(root: Path) -> Path:
@@ -93,15 +89,6 @@ def wait_for(url: str) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not start")
-
-
-def per_call(handler: Any, event: dict[str, Any], calls: int) -> list[float]:
-    timings = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        handler(event, Context)
-        timings.append(time.perf_counter() - started)
-    return timings
 
 
 def main() -> None:

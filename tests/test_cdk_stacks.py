@@ -240,10 +240,10 @@ def render(value: Any) -> str:
     raise AssertionError(f"unexpected intrinsic {value}")
 
 
-def role_grants(synth: Synthesis, name: str) -> dict[str, set[str]]:
-    """Action -> resources granted to the model function's role, across its policies."""
-    _, function = synth.function(name)
-    role = function["Role"]["Fn::GetAtt"][0]
+def role_grants(synth: Synthesis, name: str, role: str | None = None) -> dict[str, set[str]]:
+    """Action -> resources granted to the model function's role (or the role `role` names), across its policies."""
+    if role is None:
+        role = synth.function(name)[1]["Role"]["Fn::GetAtt"][0]
     grants: dict[str, set[str]] = {}
     for policy in synth.resources(name, "AWS::IAM::Policy").values():
         if {"Ref": role} not in policy["Roles"]:
@@ -513,16 +513,7 @@ def test_a_shadow_version_gets_its_own_function_alias_and_an_async_invoke_grant(
     assert role_grants(synth, "events")["lambda:InvokeFunction"] == {f"<{shadow_alias}>"}
     shadow_role = shadow["Role"]["Fn::GetAtt"][0]
     assert shadow_role != live["Role"]["Fn::GetAtt"][0]
-    shadow_grants: dict[str, set[str]] = {}
-    for policy in synth.resources("events", "AWS::IAM::Policy").values():
-        if {"Ref": shadow_role} in policy["Roles"]:
-            for statement in policy["PolicyDocument"]["Statement"]:
-                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-                resources = (
-                    statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-                )
-                for action in actions:
-                    shadow_grants.setdefault(action, set()).update(render(r) for r in resources)
+    shadow_grants = role_grants(synth, "events", shadow_role)
     assert shadow_grants["s3:GetObject"] == {
         "arn:aws:s3:::acme-models/cancer/v3/model.onnx",
         "arn:aws:s3:::acme-models/cancer/v4/model.onnx",

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.providers import lambda_http_event
 from test_cli import modelfn
 from test_traffic import ROW, versioned_function
 
@@ -22,16 +23,8 @@ def functions(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def http_event(tmp_path: Path) -> Path:
-    event = {
-        "version": "2.0",
-        "rawPath": "/functions/ab",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"http": {"method": "POST"}, "stage": "$default"},
-        "body": json.dumps({"x": ROW}),
-        "isBase64Encoded": False,
-    }
     path = tmp_path / "event.json"
-    path.write_text(json.dumps(event))
+    path.write_text(json.dumps(lambda_http_event("POST", "/functions/ab", json.dumps({"x": ROW}).encode())))
     return path
 
 
