@@ -157,3 +157,33 @@ def _fresh_instance() -> Iterator[None]:
     from handlers.gcp import instance
 
     instance._services.clear()
+
+
+def test_the_generated_cloud_functions_config_deploys_the_shadow_on_its_topic(tmp_path: Path) -> None:
+    from test_gcp_deploy import dry_run, load
+
+    from modelfn.deploy.gcp import write
+    from modelfn.deploy.plan import place
+    from modelfn.spec import load_spec
+
+    folder = versioned_function(tmp_path / "functions", "ab", 'weights = { 1 = 90, 2 = 10 }\nshadow = "3"')
+    with (folder / "function.toml").open("a") as toml:
+        toml.write('[triggers]\nhttp = false\npubsub = { topic = "ab-requests" }\n')
+    spec = load_spec(folder)
+    write(spec, place(spec, "gcp"), tmp_path / "out")
+    config = {f["name"]: f for f in load(tmp_path / "out" / "ab" / "cloud-functions.yaml")["functions"]}
+    topic = "projects/PROJECT_ID/topics/ab-shadow-copies"
+    assert config["ab-pubsub"]["environmentVariables"] == {"MODELFN_FUNCTION": "ab", "MODELFN_SHADOW_TOPIC": topic}
+    shadow = config["ab-shadow"]
+    assert shadow["entryPoint"] == "modelfn_event"
+    assert shadow["environmentVariables"] == {"MODELFN_FUNCTION": "ab"}  # it publishes nothing on
+    assert shadow["trigger"] == {
+        "eventType": "google.cloud.pubsub.topic.v1.messagePublished",
+        "pubsubTopic": topic,
+        "retryPolicy": "RETRY_POLICY_DO_NOT_RETRY",
+    }
+    deploys = [c for c in dry_run(tmp_path / "out" / "ab" / "deploy.sh") if c.startswith("gcloud functions deploy")]
+    [shadow_deploy] = [c for c in deploys if c.startswith("gcloud functions deploy ab-shadow ")]
+    assert "--trigger-topic=ab-shadow-copies" in shadow_deploy and "--retry" not in shadow_deploy
+    [live_deploy] = [c for c in deploys if c.startswith("gcloud functions deploy ab-pubsub ")]
+    assert "MODELFN_SHADOW_TOPIC=projects/demo-project/topics/ab-shadow-copies" in live_deploy

@@ -9,6 +9,8 @@ function, in `DIR/<name>/`:
   `modelfn`, `handlers` and function folders copied in);
 - `job.yaml` and, with a schedule, `scheduler.yaml`: a Cloud Run Job of `modelfn batch` tasks for a
   `[batch]` table, and the Cloud Scheduler job running it (`modelfn.deploy.gcp_batch`);
+- `drift-metric.yaml` and `drift-policy.yaml`: for a function with a drift profile, a log-based
+  metric of drifted windows and the alert policy on it (`modelfn.deploy.drift_alerts`);
 - `deploy.sh`: the same as `gcloud` commands (`DRY_RUN=1` prints them).
 
 Project and region come from `$GOOGLE_CLOUD_PROJECT` and `$GOOGLE_CLOUD_REGION` at plan time;
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelfn.deploy import dependencies
+from modelfn.deploy import dependencies, drift_alerts
 from modelfn.deploy.dependencies import dependency_groups
 from modelfn.deploy.plan import (
     CLOUD_FUNCTIONS_SOURCE_LIMIT,
@@ -199,7 +201,7 @@ def event_triggers(spec: FunctionSpec, project: str) -> list[dict[str, Any]]:
 def cloud_functions(spec: FunctionSpec, placement: Placement, project: str, region: str) -> list[dict[str, Any]]:
     """One 2nd gen function per trigger that lands on Cloud Functions."""
     size = resources(spec)
-    common = {
+    common: dict[str, Any] = {
         "runtime": "python" + spec.deploy.python.replace(".", ""),
         "region": region,
         "source": "source",
@@ -235,7 +237,25 @@ def cloud_functions(spec: FunctionSpec, placement: Placement, project: str, regi
                     **common,
                 }
             )
+    if found and spec.traffic.shadow:
+        topic = f"projects/{project}/topics/{spec.name}-shadow-copies"
+        for function in found:  # the live functions publish their copies there
+            function["environmentVariables"] = {**function["environmentVariables"], "MODELFN_SHADOW_TOPIC": topic}
+        found.append(shadow_function(spec, topic, common))
     return found
+
+
+def shadow_function(spec: FunctionSpec, topic: str, common: dict[str, Any]) -> dict[str, Any]:
+    """The shadow version's own function (handlers/gcp/shadow.py) on the topic the live
+    functions publish each copy to. A copy that fails is not retried: shadow metrics are a
+    sample, not a backlog."""
+    return {
+        "name": f"{spec.name}-shadow",
+        "entryPoint": "modelfn_event",
+        "trigger": {"eventType": PUBSUB_PUBLISHED, "pubsubTopic": topic, "retryPolicy": "RETRY_POLICY_DO_NOT_RETRY"},
+        "timeoutSeconds": min(spec.deploy.timeout_s, EVENT_FUNCTION_MAX_TIMEOUT_S),
+        **common,
+    }
 
 
 def gcloud_functions_deploy(function: dict[str, Any]) -> list[str]:
@@ -249,13 +269,14 @@ def gcloud_functions_deploy(function: dict[str, Any]) -> list[str]:
             "--allow-unauthenticated" if trigger["allowUnauthenticated"] else "--no-allow-unauthenticated",
         ]
     elif "pubsubTopic" in trigger:
-        args += [f'--trigger-topic="{_env(trigger["pubsubTopic"].rsplit("/", 1)[-1])}"', "--retry"]
+        args += [f'--trigger-topic="{_env(trigger["pubsubTopic"].rsplit("/", 1)[-1])}"']
+        args += ["--retry"] if trigger.get("retryPolicy") != "RETRY_POLICY_DO_NOT_RETRY" else []
     else:
         args += [f'--trigger-bucket="{_env(trigger["bucket"])}"', "--retry"]
     args += [f"--memory={function['availableMemory']}", f"--cpu={function['availableCpu']}"]
     args += [f"--timeout={function['timeoutSeconds']}s", f"--concurrency={function['maxInstanceRequestConcurrency']}"]
     args += [f"--min-instances={function['minInstanceCount']}", f"--max-instances={function['maxInstanceCount']}"]
-    env = ",".join(f"{k}={v}" for k, v in function["environmentVariables"].items())
+    env = ",".join(f"{k}={_env(v)}" for k, v in function["environmentVariables"].items())
     return [*args, f"--set-env-vars={env}"]
 
 
@@ -332,6 +353,9 @@ def write(spec: FunctionSpec, placement: Placement, out_dir: Path) -> list[Path]
         from modelfn.deploy import gcp_batch
 
         written += gcp_batch.write(spec, placement, folder, project, region, header)
+    if drift_alerts.alerted(spec):
+        services = drift_alerts.services(spec, on_run, bool(eventarc), functions)
+        written += drift_alerts.write_gcp(spec, folder, header, services)
     written += _source_folder(spec, placement, folder / "source")
     put("deploy.sh", deploy_script(spec, placement, project, region, functions, eventarc))
     (folder / "deploy.sh").chmod(0o755)
@@ -443,4 +467,6 @@ def deploy_script(
         from modelfn.deploy import gcp_batch
 
         lines += gcp_batch.deploy_lines(spec)
+    if drift_alerts.alerted(spec):
+        lines += drift_alerts.gcp_deploy_lines(spec)
     return "\n".join(lines) + "\n"
