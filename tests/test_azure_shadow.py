@@ -105,3 +105,13 @@ def test_a_failed_send_never_fails_the_live_answer(
         response, _ = invoke(http_function, azure_request("POST", "/functions/ab", json.dumps({"x": ROW}).encode()))
     assert response.status_code == 200
     assert any(r.getMessage().startswith(f"shadow copy not sent to queue {QUEUE}") for r in caplog.records)
+
+
+def test_the_generated_app_settings_name_the_shadow_queue(functions: Path) -> None:
+    from modelfn.deploy.azure import local_settings
+    from modelfn.spec import load_spec
+
+    values = local_settings(load_spec(functions / "ab"))["Values"]
+    assert values["MODELFN_SHADOW_QUEUE"] == "ab-shadow-copies"
+    plain = local_settings(load_spec(Path(__file__).resolve().parent.parent / "functions" / "breast-cancer"))
+    assert "MODELFN_SHADOW_QUEUE" not in plain["Values"]

@@ -86,6 +86,8 @@ def local_settings(spec: FunctionSpec) -> dict[str, Any]:
     for trigger in (spec.triggers.blob, spec.triggers.queue):
         if trigger is not None:
             values.setdefault(trigger.connection, "UseDevelopmentStorage=true")
+    if spec.traffic.shadow:  # the shadow in its own invocations (handlers/az/shadow.py); remove to run it in-process
+        values["MODELFN_SHADOW_QUEUE"] = f"{spec.name}-shadow-copies"
     return {"IsEncrypted": False, "Values": values}
 
 
