@@ -2,7 +2,9 @@
 function, `DIR/<name>/`, from which `func azure functionapp publish <app>` works as it is:
 the two-line `function_app.py`, `host.json`, `requirements.txt` (installed by the remote
 build), `local.settings.json.example`, and the `modelfn` and `handlers` packages and the
-function's own folder copied in (vendored) beside them."""
+function's own folder copied in (vendored) beside them. A function with a drift profile also
+gets `drift-alert.json`, an ARM template of its drift alert (`modelfn.deploy.drift_alerts`),
+which the app does not ship."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from modelfn.deploy import dependencies
+from modelfn.deploy import dependencies, drift_alerts
 from modelfn.deploy.plan import Placement, function_files, require_built
 from modelfn.spec import FunctionSpec
 
@@ -33,6 +35,7 @@ __pycache__
 *.partial
 local.settings.json
 local.settings.json.example
+drift-alert.json
 """
 
 README = """# {name} on Azure Functions
@@ -112,6 +115,9 @@ def write(spec: FunctionSpec, placement: Placement, out_dir: Path) -> list[Path]
         ".funcignore": FUNCIGNORE,
         "README.md": README.format(name=spec.name, python=spec.deploy.python, triggers=", ".join(triggers)),
     }
+    if drift_alerts.alerted(spec):
+        files["drift-alert.json"] = json.dumps(drift_alerts.arm_template(spec), indent=2) + "\n"
+        files["README.md"] += drift_alerts.azure_readme(spec)
     written = []
     for name, text in files.items():
         (app / name).write_text(text, encoding="utf-8")

@@ -132,7 +132,7 @@ def gcp_deploy_lines(spec: FunctionSpec) -> list[str]:
         'POLICY=""',
         'if [ -z "${DRY_RUN:-}" ]; then',
         '    POLICY="$(gcloud alpha monitoring policies list --project="$PROJECT" '
-        f"--filter='displayName=\"{name}\"' --format='value(name)' | head -n 1)\"",
+        f"--filter='displayName=\"{name}\"' --format='value(name)' --limit=1)\"",
         "fi",
         'CHANNELS="${NOTIFICATION_CHANNELS:+--notification-channels=$NOTIFICATION_CHANNELS}"',
         'if [ -n "$POLICY" ]; then',
