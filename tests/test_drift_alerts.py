@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from support.providers import azure_request, example_copy
+from test_drift import shifted, split  # noqa: F401  (split: a fixture, the reference and held-out rows)
 from test_gcp_deploy import dry_run, gcloud_verdict, unknown_fields
 
 from modelfn.cli import main as cli
@@ -150,14 +151,10 @@ print(json.dumps({"metric": unknown(metric), "policy": unknown(policy)}))
 
 
 @pytest.fixture(scope="module")
-def split(cancer_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(7).permutation(len(cancer_rows))
-    half = len(order) // 2
-    return cancer_rows[order[:half]], cancer_rows[order[half:]]
-
-
-@pytest.fixture(scope="module")
-def functions(tmp_path_factory: pytest.TempPathFactory, split: tuple[np.ndarray, np.ndarray]) -> Path:
+def functions(
+    tmp_path_factory: pytest.TempPathFactory,
+    split: tuple[np.ndarray, np.ndarray],  # noqa: F811
+) -> Path:
     """breast-cancer with HTTP and Pub/Sub triggers, a drift window of WINDOW rows and a profile."""
     root = tmp_path_factory.mktemp("functions")
     example_copy(root, extra_toml=DRIFT_TOML)
@@ -219,14 +216,17 @@ def _windows(functions: Path, rows: np.ndarray, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.fixture(scope="module")
-def records(functions: Path, split: tuple[np.ndarray, np.ndarray]) -> dict[str, logging.LogRecord]:
+def records(
+    functions: Path,
+    split: tuple[np.ndarray, np.ndarray],  # noqa: F811
+) -> dict[str, logging.LogRecord]:
     """The drift window record of held-out rows ("steady") and of the same rows 25% larger ("shifted")."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         steady = _windows(functions, split[1], monkeypatch)[0]
-        shifted = _windows(functions, split[1] * 1.25, monkeypatch)[0]
-    assert json.loads(shifted.getMessage()[6:])["drift_psi_max"] >= ALARM
+        moved = _windows(functions, shifted(split[1]), monkeypatch)[0]
+    assert json.loads(moved.getMessage()[6:])["drift_psi_max"] >= ALARM
     assert json.loads(steady.getMessage()[6:])["drift_psi_max"] < ALARM
-    return {"steady": steady, "shifted": shifted}
+    return {"steady": steady, "shifted": moved}
 
 
 # -- Google Cloud ----------------------------------------------------------------------------
@@ -441,3 +441,13 @@ def test_azure_query_reads_the_trace_line_the_function_writes(
         assert len(rows) == 1, kind
         assert (rows[0][column] >= criterion["threshold"]) is fires, (kind, rows)
         assert rows[0][column] == pytest.approx(json.loads(messages[kind].split(" ", 1)[1])["drift_psi_max"])
+
+
+def test_the_metric_counts_the_live_services_not_the_shadow_function(spec: FunctionSpec) -> None:
+    functions = [{"name": "breast-cancer-http"}, {"name": "breast-cancer-pubsub"}, {"name": "breast-cancer-shadow"}]
+    assert drift_alerts.services(spec, True, True, functions) == [
+        "breast-cancer",
+        "breast-cancer-events",
+        "breast-cancer-http",
+        "breast-cancer-pubsub",
+    ]

@@ -42,9 +42,11 @@ def metric_name(spec: FunctionSpec) -> str:
 
 
 def services(spec: FunctionSpec, on_run: bool, eventarc: bool, functions: list[dict[str, Any]]) -> list[str]:
-    """The Cloud Run services that serve the function (a 2nd gen function runs as one of its name)."""
+    """The Cloud Run services that serve the function's live traffic (a 2nd gen function runs as
+    one of its name); not the shadow version's function, whose windows would count twice."""
     found = [spec.name] if on_run else []
-    return found + ([f"{spec.name}-events"] if eventarc else []) + [f["name"] for f in functions]
+    live = [f["name"] for f in functions if f["name"] != f"{spec.name}-shadow"]
+    return found + ([f"{spec.name}-events"] if eventarc else []) + live
 
 
 def log_filter(spec: FunctionSpec, services: list[str]) -> str:
