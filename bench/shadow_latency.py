@@ -6,7 +6,7 @@ alternate off/on (ABAB...) so the shared machine's load falls on both alike; a p
 block lets pending shadow copies finish before the next one starts. Budget (issue 13): the
 median latency with the shadow on within 1.05x of off. Never asserts.
 
-    python bench/shadow_latency.py [--requests 2000] [--rounds 4] [--concurrency 8]
+    python bench/shadow_latency.py [--requests 2000] [--rounds 4] [--concurrency 8 | --rate 1500]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.load import cancer_workload, closed_loop, free_port  # noqa: E402
+from bench.load import RawConnection, cancer_workload, closed_loop, free_port  # noqa: E402
 
 MODEL = ROOT / "functions" / "breast-cancer" / "model.onnx"
 TRAFFIC = {"cancer-off": "weights = { 1 = 100 }", "cancer-on": 'weights = { 1 = 100 }\nshadow = "2"'}
@@ -75,11 +75,43 @@ def shadow_counts(port: int) -> dict[str, float]:
     return counts
 
 
+async def open_loop(port: int, path: str, bodies: list[bytes], requests: int, rate: float) -> tuple[float, list[float]]:
+    """Requests sent at random (Poisson) times at `rate` per second whatever the answers do, as
+    independent users would; a latency counts from the planned send time. Connections are
+    reused when free, opened when all are busy."""
+    import random
+
+    free: list[RawConnection] = []
+    latencies: list[float] = []
+
+    async def one(index: int, planned: float) -> None:
+        connection = free.pop() if free else RawConnection("127.0.0.1", port, path, bodies)
+        status, _ = await connection.send(index)
+        latencies.append(time.perf_counter() - planned)
+        free.append(connection)
+        if status != 200:
+            raise RuntimeError(f"status {status}")
+
+    started = time.perf_counter()
+    planned, tasks = started, []
+    for index in range(requests):
+        planned += random.expovariate(rate)
+        delay = planned - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(index, planned)))
+    await asyncio.gather(*tasks)
+    for connection in free:
+        await connection.close()
+    return requests / (time.perf_counter() - started), sorted(latencies)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="requests per block")
     parser.add_argument("--rounds", type=int, default=4, help="off/on pairs of blocks")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="closed loop: connections, one request each")
+    parser.add_argument("--rate", type=float, help="open loop instead: requests per second at random times")
     args = parser.parse_args()
     functions = functions_dir()
     port = free_port()
@@ -95,9 +127,11 @@ def main() -> None:
         before = shadow_counts(port)
         for _ in range(args.rounds):
             for name in TRAFFIC:
-                rate, latencies = asyncio.run(
-                    closed_loop(port, f"/functions/{name}", bodies, args.requests, args.concurrency)
-                )
+                path = f"/functions/{name}"
+                if args.rate:
+                    rate, latencies = asyncio.run(open_loop(port, path, bodies, args.requests, args.rate))
+                else:
+                    rate, latencies = asyncio.run(closed_loop(port, path, bodies, args.requests, args.concurrency))
                 rates[name].append(rate)
                 p50[name].append(latencies[len(latencies) // 2] * 1000)
                 p99[name].append(latencies[int(len(latencies) * 0.99)] * 1000)
@@ -110,7 +144,8 @@ def main() -> None:
         shutil.rmtree(functions, ignore_errors=True)
     print(
         f"server shadow latency, breast-cancer, {args.rounds} x {args.requests} requests per mode, "
-        f"concurrency {args.concurrency}, load average {os.getloadavg()[0]:.1f}"
+        + (f"open loop at {args.rate:g} req/s" if args.rate else f"closed loop, concurrency {args.concurrency}")
+        + f", load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'':12} {'p50 ms (median, min)':>22} {'p99 ms (median, min)':>22} {'req/s median':>13}")
     for name in TRAFFIC:

@@ -229,25 +229,34 @@ def prometheus_recorder(registry: Any, functions: frozenset[str]) -> Recorder:
         "modelfn_shadow_max_abs_diff", "Largest |shadow - live|, last request", by_output, registry=registry
     )
     cosine = Gauge("modelfn_shadow_cosine", "Mean cosine shadow/live, last request", by_output, registry=registry)
+    children: dict[tuple[Any, ...], Any] = {}
+
+    def child(metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: it costs a few µs per call, on every answer."""
+        key = (metric, *labels)
+        found = children.get(key)
+        if found is None:
+            found = children[key] = metric.labels(*labels)
+        return found
 
     def record(observation: Observation) -> None:
         if observation.function not in functions:
             return
         labels = (observation.function, observation.version, observation.role)
         status = "dropped" if observation.status == DROPPED else str(observation.status)
-        requests.labels(*labels, status).inc()
+        child(requests, *labels, status).inc()
         if observation.status == DROPPED:
             return
-        duration.labels(*labels).observe(observation.ms / 1000)
+        child(duration, *labels).observe(observation.ms / 1000)
         for output, measured in (observation.agreement or {}).items():
             named = (observation.function, observation.version, output)
             if "label_agreement" in measured:
                 count = int(measured.get("rows", 0))
-                rows.labels(*named).inc(count)
-                agreeing.labels(*named).inc(round(measured["label_agreement"] * count))
+                child(rows, *named).inc(count)
+                child(agreeing, *named).inc(round(measured["label_agreement"] * count))
             if "max_abs_diff" in measured:
-                max_abs.labels(*named).set(measured["max_abs_diff"])
+                child(max_abs, *named).set(measured["max_abs_diff"])
             if "cosine" in measured:
-                cosine.labels(*named).set(measured["cosine"])
+                child(cosine, *named).set(measured["cosine"])
 
     return record

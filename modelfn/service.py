@@ -448,17 +448,25 @@ class Service:
             task.add_done_callback(self._shadows.discard)
 
     async def _shadow_lane(self) -> None:
-        import asyncio
-
         try:
             while self._shadow_queue:
                 if self._in_flight and not self._closing:  # live requests first
-                    self._idle = asyncio.Event()
-                    await self._idle.wait()
+                    await self._quiet()
                     continue
                 await self._shadow(*self._shadow_queue.popleft())
         finally:
             self._lane = None  # no await since the queue was seen empty: a copy added now starts a lane
+
+    async def _quiet(self) -> float:
+        """Wait until no live request is in flight; the seconds waited."""
+        import asyncio
+        import time
+
+        started = time.perf_counter()
+        while self._in_flight and not self._closing:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        return time.perf_counter() - started
 
     async def _shadow(
         self, shadow: ModelFunction, decode: Callable[[ModelFunction], Feeds], live: Outputs, heavy: bool
@@ -470,7 +478,11 @@ class Service:
         try:
             await asyncio.sleep(0)  # the live answer is written first
             feeds = await asyncio.to_thread(decode, shadow) if heavy else decode(shadow)
+            # between its steps the copy yields to live requests that arrived meanwhile (their
+            # wait is not the shadow's latency)
+            started += await self._quiet()
             outputs = await self.run_batched(shadow, Decoded(feeds))
+            started += await self._quiet()
         except Exception as exc:
             shadow_failed(shadow, exc, started)
             return
