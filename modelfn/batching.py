@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from modelfn.codecs import Decoded, Feeds
+from modelfn.codecs import Decoded, Feeds, Texts
 from modelfn.function import ModelFunction, Outputs
 
 log = logging.getLogger("modelfn")
@@ -34,6 +34,14 @@ class _Pending:
 def _group_key(feeds: Feeds, pad: bool) -> tuple[object, ...]:
     """Requests merge when their trailing axes agree (with padding, when only axis 1 differs)."""
     return tuple((name, a.dtype.str, a.shape[2:] if pad else a.shape[1:]) for name, a in sorted(feeds.items()))
+
+
+def _texts_key(decoded: Decoded, pad: bool) -> tuple[object, ...]:
+    """Texts not yet tokenised merge with each other when padding is declared safe: the whole
+    batch is tokenised at once (the tokenizer pads); otherwise each request's own feeds decide."""
+    if pad and isinstance(decoded, Texts) and decoded._feeds is None:
+        return ("texts",)
+    return _group_key(decoded.feeds, pad)
 
 
 def merge(feeds: list[Feeds], pad_value: float | None) -> Feeds:
@@ -140,11 +148,21 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         groups: dict[tuple[object, ...], list[_Pending]] = {}
         for pending in batch:
-            groups.setdefault(_group_key(pending.decoded.feeds, self.pad is not None), []).append(pending)
-        for group in groups.values():
             try:
-                feeds = merge([p.decoded.feeds for p in group], self.pad)
-                outputs = await loop.run_in_executor(self.executor, self._run_model, feeds)
+                key = _texts_key(pending.decoded, self.pad is not None)
+            except Exception as exc:  # texts the tokenizer refuses, tokenised alone: only their sender hears
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+                continue
+            groups.setdefault(key, []).append(pending)
+        for key, group in groups.items():
+            try:
+                if key == ("texts",):
+                    texts = [text for p in group for text in p.decoded.texts]  # type: ignore[attr-defined]
+                    outputs = await loop.run_in_executor(self.executor, self._run_texts, texts)
+                else:
+                    feeds = merge([p.decoded.feeds for p in group], self.pad)
+                    outputs = await loop.run_in_executor(self.executor, self._run_model, feeds)
                 parts = self.fn.split(outputs, [p.rows for p in group])
             except Exception as exc:  # one bad merged run fails only its own callers
                 if len(group) > 1:
@@ -160,6 +178,10 @@ class MicroBatcher:
                     pending.future.set_exception(part)
                 else:
                     pending.future.set_result(part)
+
+    def _run_texts(self, texts: list[str]) -> Outputs:
+        """A batch of texts tokenised in one call, then run: in the model's thread, off the event loop."""
+        return self._run_model(self.fn.codec.feeds(texts))  # type: ignore[attr-defined]
 
     def _run_model(self, feeds: Feeds) -> Outputs:
         if self.model_turn is None:

@@ -64,6 +64,28 @@ class Decoded:
         return 1 if first is None or first.ndim == 0 else int(first.shape[0])
 
 
+class Texts(Decoded):
+    """Checked texts whose feeds are made on first use. The micro-batcher of a function that
+    declares padding safe (`batching.pad_value`) never asks: it tokenises a whole batch's texts
+    in one call, in its model thread, instead of each request's on the event loop."""
+
+    def __init__(self, texts: list[str], single: bool, tokenize: Callable[[list[str]], Feeds]) -> None:
+        self.texts = texts
+        self.single = single
+        self.tokenize = tokenize
+        self._feeds: Feeds | None = None
+
+    @property
+    def feeds(self) -> Feeds:  # type: ignore[override]
+        if self._feeds is None:
+            self._feeds = self.tokenize(self.texts)
+        return self._feeds
+
+    @property
+    def rows(self) -> int:
+        return len(self.texts)
+
+
 def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
@@ -370,14 +392,15 @@ class TextCodec(Codec):
             raise InvalidInput("expected a string or a non-empty list of strings")
         if any(not t.strip() for t in texts):
             raise InvalidInput("empty text")
+        return Texts(texts, single, self.feeds)
+
+    def feeds(self, texts: list[str]) -> Feeds:
+        """The graph's feeds for `texts`, through the tokenize hook (one request's, or a batch's)."""
         feeds = self.tokenize(texts)
         missing = sorted(set(self.inputs) - set(feeds))
         if missing:
             raise InferenceError(f"the tokenize hook returned no {missing}; the model takes {sorted(self.inputs)}")
-        return Decoded(
-            {name: coerce(feeds[name], info, "reject") for name, info in self.inputs.items()},
-            single=single,
-        )
+        return {name: coerce(feeds[name], info, "reject") for name, info in self.inputs.items()}
 
 
 def make_codec(io_spec: IOSpec, inputs: list[TensorInfo], outputs: list[TensorInfo], tokenize: Any = None) -> Codec:

@@ -123,7 +123,7 @@ def _floats(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: str
 _add = np.add.reduce
 
 
-def all_finite(array: np.ndarray) -> bool:
+def all_finite(array: np.ndarray | np.generic) -> bool:
     """Whether a float array holds no NaN or Infinity. A finite sum says so at the cost of one
     reduction (a NaN or an Infinity makes any sum non-finite); summed in float64, only float64
     values near its limit can overflow, and those are settled element by element."""

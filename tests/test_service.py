@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 from onnx_models import function_folder, row_sum
 
 from modelfn.errors import InvalidInput, PayloadTooLarge
@@ -120,3 +122,72 @@ def test_concurrent_async_requests_are_merged_into_one_run(tmp_path: Path) -> No
     answers = asyncio.run(many())
     assert [a.body["total"] for a in answers] == [[float(r.sum())] for r in rows]
     assert max(service.batch_sizes) > 1
+
+
+def _masked_sum() -> onnx.ModelProto:
+    """total = sum of input_ids where attention_mask is 1, per row: padding changes nothing."""
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"])
+    total = helper.make_tensor_value_info("total", TensorProto.INT64, ["batch"])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    nodes = [
+        helper.make_node("Mul", ["input_ids", "attention_mask"], ["kept"]),
+        helper.make_node("ReduceSum", ["kept", "axes"], ["total"], keepdims=0),
+    ]
+    graph = helper.make_graph(nodes, "masked_sum", [ids, mask], [total], initializer=[axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+WORD_LENGTHS = '''
+from pathlib import Path
+
+import numpy as np
+
+
+def tokenize(texts):
+    """Each word's length is its token id; rows padded to the longest text with mask 0. Every
+    call is logged (how many texts it got), and "boom" is refused."""
+    with open(Path(__file__).with_name("calls.log"), "a") as log:
+        log.write(f"{len(texts)}\\n")
+    if any("boom" in text for text in texts):
+        raise ValueError("boom is not a word here")
+    ids = [[len(word) for word in text.split()] for text in texts]
+    width = max(len(row) for row in ids)
+    return {
+        "input_ids": np.array([row + [0] * (width - len(row)) for row in ids], dtype=np.int64),
+        "attention_mask": np.array([[1] * len(row) + [0] * (width - len(row)) for row in ids], dtype=np.int64),
+    }
+'''
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_batch_of_texts_is_tokenised_in_one_call_when_padding_is_safe(tmp_path: Path, padded: bool) -> None:
+    batching = "[batching]\nmax_batch_size = 64\nmax_latency_ms = 50\n" + ("pad_value = 0\n" if padded else "")
+    name = "padded" if padded else "alone"  # hook modules are kept by function name: one per case
+    folder = function_folder(tmp_path, name, _masked_sum(), batching)
+    toml = (folder / "function.toml").read_text()
+    (folder / "function.toml").write_text(toml + '[io]\ncodec = "text"\n[hooks]\ntokenize = "hooks:tokenize"\n')
+    (folder / "hooks.py").write_text(WORD_LENGTHS)
+    service = Service(Registry.from_dir(tmp_path))
+    texts = [" ".join("w" * (1 + (i + j) % 5) for j in range(1 + i % 4)) for i in range(12)] + ["a boom here"]
+
+    async def many() -> list[HttpResponse]:
+        try:
+            service.registry.load(name)
+            (folder / "calls.log").unlink(missing_ok=True)  # the warm-up's call, if any
+            requests = (service.handle_async(post(f"/functions/{name}", {"text": text})) for text in texts)
+            return list(await asyncio.gather(*requests))
+        finally:
+            await service.close()
+
+    answers = asyncio.run(many())
+    expected = [sum(len(word) for word in text.split()) for text in texts[:-1]]
+    assert [(a.status, a.body["total"]) for a in answers[:-1]] == [(200, total) for total in expected]
+    assert answers[-1].status == 422 and "boom is not a word here" in answers[-1].body["error"]
+    calls = [int(line) for line in (folder / "calls.log").read_text().split()]
+    if padded:  # the whole batch's texts went to the hook at once; refused, each went alone
+        assert calls == [len(texts)] + [1] * len(texts)
+    else:  # each request tokenised alone, merged only with requests of its own length
+        assert calls == [1] * len(texts)

@@ -82,10 +82,11 @@ class Scorer:
                 continue
             try:
                 decoded = self.fn.decode(item.body, item.content_type, item.payload)
+                feeds = decoded.feeds  # texts are tokenised here, so a text the tokenizer refuses fails its own row
             except Exception as exc:  # one bad request fails only its own row
                 outcomes[index] = Outcome(failure=Failure.of(exc))
                 continue
-            key = _group_key(decoded.feeds, self.pad is not None) if self.batchable else ("alone", index)
+            key = _group_key(feeds, self.pad is not None) if self.batchable else ("alone", index)
             groups.setdefault(key, []).append((index, decoded))
         for group in groups.values():
             for batch in self._batches(group):
