@@ -4,7 +4,11 @@ concurrency above 1, at batch 1 for concurrency 1. Micro-batching on and off. Th
 variants take turns round by round (offline 32, offline 1, on, off, ...), so machine load
 hits all alike; medians and minimums over the rounds. Loopback only; asserts nothing.
 
-    python bench/server_throughput.py [--requests 1024] [--concurrency 32] [--rounds 3]
+    python bench/server_throughput.py [--requests 1024] [--concurrency 32] [--rounds 3] [--client wrk|raw]
+
+The load comes from `wrk` where it is installed (`apt-get install wrk`; a C client, so more
+of two shared cores is left to the server), else from the raw Python client, which also
+checks every answer; `--client raw` picks it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load import RawConnection, ServerProcess
+from load import RawConnection, ServerProcess, wrk_load
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTION = ROOT / "functions" / "sentence-embed"
@@ -109,12 +113,17 @@ async def _load(port: int, requests: int, concurrency: int) -> float:
     return requests / elapsed
 
 
-def served(batching: bool, requests: int, concurrency: int) -> float:
+def served(batching: bool, requests: int, concurrency: int, client: str = "raw") -> float:
     functions = _functions_dir(batching)
     server = ServerProcess("sentence-embed", functions)
     try:
         server.wait_ready()
-        return asyncio.run(_load(server.port, requests, concurrency))
+        if client == "raw":
+            return asyncio.run(_load(server.port, requests, concurrency))
+        bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
+        wrk_load(server.port, "/functions/sentence-embed", bodies, 1, concurrency)  # warm-up
+        seconds = max(2, round(requests / 400))  # about as long as the raw client's run at this size
+        return wrk_load(server.port, "/functions/sentence-embed", bodies, seconds, concurrency)["per_second"]
     finally:
         server.stop()
         shutil.rmtree(functions, ignore_errors=True)
@@ -125,6 +134,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1024)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--client", choices=["wrk", "raw"], default="wrk" if shutil.which("wrk") else "raw")
     args = parser.parse_args()
     if not (FUNCTION / "model.onnx").exists():
         raise SystemExit("build the model first: python functions/sentence-embed/build.py")
@@ -134,9 +144,9 @@ def main() -> None:
     for _ in range(args.rounds):
         figures["offline batch 32"].append(offline(32, max(4, args.requests // 32)))
         figures["offline batch 1"].append(offline(1, 64))
-        figures["on"].append(served(True, args.requests, args.concurrency))
-        figures["off"].append(served(False, args.requests, args.concurrency))
-    print(f"sentence-embed, c={args.concurrency}, {args.requests} requests, {args.rounds} rounds")
+        figures["on"].append(served(True, args.requests, args.concurrency, args.client))
+        figures["off"].append(served(False, args.requests, args.concurrency, args.client))
+    print(f"sentence-embed, c={args.concurrency}, {args.requests} requests, {args.rounds} rounds, client {args.client}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"{'':28} {'per round':>30} {'median':>8}")
     for name, values in figures.items():
