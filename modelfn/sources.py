@@ -5,8 +5,6 @@ credentials or query string (a presigned URL's signature lives there)."""
 
 from __future__ import annotations
 
-import fcntl
-import ipaddress
 import logging
 import os
 import re
@@ -170,6 +168,8 @@ def refused_address(ip: str) -> str | None:
     endpoints and in-network mirrors have private addresses."""
     if allow_private():
         return None
+    import ipaddress  # only remote sources need it: not on a local model's cold start
+
     address = ipaddress.ip_address(ip.split("%")[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
@@ -273,6 +273,8 @@ FETCHERS: dict[str, Callable[[str, BinaryIO, Progress | None], None]] = {
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """One download per cache entry even when two processes cold-start together."""
+    import fcntl  # only remote sources are downloaded
+
     with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

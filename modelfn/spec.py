@@ -35,7 +35,7 @@ VERSION_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 """A model version's name: it goes into paths (`/v2/models/{name}/versions/{version}`) and metric dimensions."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class VersionSpec:
     """Another version of the function's model, served beside `[model]` (`[model.versions.<v>]`)."""
 
@@ -44,7 +44,7 @@ class VersionSpec:
     io: IOSpec | None = _f(None, help="This version's own [io] table, replacing the function's; default: [io].")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class ModelSpec:
     source: str = _f(help="Path relative to the function folder, or s3://, gs://, https:// URI.")
     sha256: str | None = _f(None, pattern=r"[0-9a-fA-F]{64}", help="Pin checked before loading.")
@@ -66,7 +66,7 @@ class ModelSpec:
         return [self.version, *self.versions]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class ImageSpec:
     width: int = _f(0, ge=0, help="Resize to this width; 0 takes it from the model.")
     height: int = _f(0, ge=0)
@@ -81,7 +81,7 @@ class ImageSpec:
     )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class IOSpec:
     codec: Literal["tensor", "records", "image", "text"] = "tensor"
     input: str | None = _f(None, help="Model input fed by the records, image or text codec.")
@@ -91,14 +91,14 @@ class IOSpec:
     max_body_mb: float = _f(32.0, gt=0, help="Largest request body the local server and Cloud Run accept.")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class HooksSpec:
     preprocess: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", help="'module:function'")
     postprocess: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
     tokenize: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class RuntimeSpec:
     accelerator: Literal["cpu", "gpu"] = "cpu"
     gpu_fallback: bool = _f(False, help="Run on CPU when a GPU was asked for but none is there.")
@@ -107,7 +107,7 @@ class RuntimeSpec:
     warmup: bool = True
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class BatchingSpec:
     enabled: bool = True
     max_batch_size: int = _f(32, ge=1)
@@ -115,7 +115,7 @@ class BatchingSpec:
     pad_value: float | None = _f(None, help="Pad the second axis with this value to merge unequal lengths.")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class DeploySpec:
     memory_mb: int = _f(1024, ge=128, le=10240)
     timeout_s: int = _f(30, ge=1, le=900)
@@ -147,14 +147,14 @@ class DeploySpec:
         return found
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class HttpTrigger:
     api: bool = True
     function_url: bool = False
     auth: Literal["iam", "none"] = "iam"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class S3Trigger:
     bucket: str | None = None
     prefix: str = "incoming/"
@@ -171,33 +171,33 @@ class S3Trigger:
         return []
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class SqsTrigger:
     batch_size: int = _f(10, ge=1, le=10000)
     output_queue: str | None = _f(None, help="Queue URL for results.")
     output_s3: str | None = _f(None, pattern=r"s3://[^/]+(/.*)?", help="s3://bucket/prefix for results.")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class TopicTrigger:
     topic: str | None = None
     output_topic: str | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class EventBridgeTrigger:
     source: list[str] = _f(factory=lambda: ["modelfn"])
     detail_type: list[str] = _f(factory=lambda: ["predict"])
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class GcsTrigger:
     bucket: str | None = None
     prefix: str = "incoming/"
     output_prefix: str = "predictions/"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class BlobTrigger:
     path: str = "incoming/{name}"
     output_path: str = "predictions/{name}.json"
@@ -214,7 +214,7 @@ class BlobTrigger:
         return []
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class QueueTrigger:
     queue: str = "modelfn-requests"
     output_queue: str = "modelfn-results"
@@ -232,7 +232,7 @@ class QueueTrigger:
         return found
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class TriggersSpec:
     """A trigger is `true` for its defaults, a table to configure it, or absent/`false`."""
 
@@ -247,7 +247,7 @@ class TriggersSpec:
     queue: QueueTrigger | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class OptimizeSpec:
     """What `modelfn optimize` must keep: an optimised model is refused below these, on sample requests."""
 
@@ -261,7 +261,7 @@ class OptimizeSpec:
     max_abs_diff: float | None = _f(None, ge=0, help="Largest absolute difference allowed on other float outputs.")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class DriftSpec:
     """Drift against `profile.json` (`modelfn profile`): counted per instance, emitted per window, no payloads kept."""
 
@@ -273,7 +273,7 @@ class DriftSpec:
     alarm_psi: float = _f(0.25, gt=0, help="PSI at or above this is drift: the CloudWatch alarm's threshold.")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class CacheSpec:
     """Answers kept by a hash of the decoded inputs: in-process, and shared through Redis when a URL is set."""
 
@@ -287,7 +287,7 @@ class CacheSpec:
     timeout_ms: float = _f(50.0, gt=0, help="Longest a shared-cache call may take before it counts as a miss.")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class TrafficSpec:
     """Which version answers the unversioned routes and events, and which one shadows it."""
 
@@ -306,7 +306,7 @@ class TrafficSpec:
         return found
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class BatchSpec:
     """Bulk predictions over a prefix at scale (`[batch]`): a Step Functions Distributed Map over the
     function's Lambda (AWS, s3:// input) and a Cloud Run Job sharded by task (Google Cloud)."""
@@ -353,7 +353,7 @@ def _bucket_uri(uri: str) -> tuple[str, str, str]:
     return scheme, bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class FunctionSpec:
     name: str = _f(pattern=r"[a-z0-9][a-z0-9-]{0,62}", help="Lower-case letters, digits and '-'.")
     model: ModelSpec = _f()
@@ -391,6 +391,17 @@ class FunctionSpec:
         if self.traffic.shadow and self.traffic.weights.get(self.traffic.shadow, 0) > 0:
             found.append(f"traffic.shadow: version {self.traffic.shadow!r} also has live weight; a shadow only listens")
         return found
+
+
+def _repr(self: Any) -> str:
+    values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+    return f"{type(self).__name__}({values})"
+
+
+# One `__repr__` for every table, not one generated per class: generating them cost ~1.5 ms
+# of every Lambda cold start (the tables are dataclasses with eq=False, repr=False).
+for _table in (value for value in list(globals().values()) if dataclasses.is_dataclass(value)):
+    _table.__repr__ = _repr  # type: ignore[method-assign]
 
 
 @cache
