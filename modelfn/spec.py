@@ -46,6 +46,9 @@ class VersionSpec:
 
 @dataclass(eq=False, repr=False)
 class ModelSpec:
+    """`[model]`: the default version's graph (in the folder, or s3://, gs://, https://), its
+    digest, and the other versions."""
+
     source: str = _f(help="Path relative to the function folder, or s3://, gs://, https:// URI.")
     sha256: str | None = _f(None, pattern=r"[0-9a-fA-F]{64}", help="Pin checked before loading.")
     version: str = _f("1", pattern=VERSION_NAME, help="This model's version name: the default version.")
@@ -68,6 +71,8 @@ class ModelSpec:
 
 @dataclass(eq=False, repr=False)
 class ImageSpec:
+    """`[io.image]`: how the image codec sizes, lays out and normalises a picture before the graph."""
+
     width: int = _f(0, ge=0, help="Resize to this width; 0 takes it from the model.")
     height: int = _f(0, ge=0)
     mode: Literal["L", "RGB"] = "RGB"
@@ -83,6 +88,8 @@ class ImageSpec:
 
 @dataclass(eq=False, repr=False)
 class IOSpec:
+    """`[io]`: the codec that reads requests and writes answers, and the limits on what it accepts."""
+
     codec: Literal["tensor", "records", "image", "text"] = "tensor"
     input: str | None = _f(None, help="Model input fed by the records, image or text codec.")
     columns: list[str] = _f(factory=list, help="Feature order for the records codec.")
@@ -93,6 +100,8 @@ class IOSpec:
 
 @dataclass(eq=False, repr=False)
 class HooksSpec:
+    """`[hooks]`: `module:function` references in the function folder, run around the graph."""
+
     preprocess: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", help="'module:function'")
     postprocess: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
     tokenize: str | None = _f(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -100,6 +109,8 @@ class HooksSpec:
 
 @dataclass(eq=False, repr=False)
 class RuntimeSpec:
+    """`[runtime]`: where and how ONNX Runtime runs the graph."""
+
     accelerator: Literal["cpu", "gpu"] = "cpu"
     gpu_fallback: bool = _f(False, help="Run on CPU when a GPU was asked for but none is there.")
     threads: int = _f(1, ge=0, help="Intra-op threads; 0 lets ONNX Runtime decide.")
@@ -109,6 +120,8 @@ class RuntimeSpec:
 
 @dataclass(eq=False, repr=False)
 class BatchingSpec:
+    """`[batching]`: how the server merges concurrent requests into one run."""
+
     enabled: bool = True
     max_batch_size: int = _f(32, ge=1)
     max_latency_ms: float = _f(5.0, ge=0)
@@ -117,6 +130,8 @@ class BatchingSpec:
 
 @dataclass(eq=False, repr=False)
 class DeploySpec:
+    """`[deploy]`: what each provider's function gets (memory, timeout, architecture, warm capacity)."""
+
     memory_mb: int = _f(1024, ge=128, le=10240)
     timeout_s: int = _f(30, ge=1, le=900)
     ephemeral_storage_mb: int = _f(512, ge=512, le=10240)
@@ -149,6 +164,8 @@ class DeploySpec:
 
 @dataclass(eq=False, repr=False)
 class HttpTrigger:
+    """`[triggers.http]`: the HTTP front door on AWS (API Gateway, Function URL) and its auth."""
+
     api: bool = True
     function_url: bool = False
     auth: Literal["iam", "none"] = "iam"
@@ -156,6 +173,8 @@ class HttpTrigger:
 
 @dataclass(eq=False, repr=False)
 class S3Trigger:
+    """`[triggers.s3]`: objects landing in a bucket are predicted, results written beside them or elsewhere."""
+
     bucket: str | None = None
     prefix: str = "incoming/"
     suffix: str = ""
@@ -173,6 +192,8 @@ class S3Trigger:
 
 @dataclass(eq=False, repr=False)
 class SqsTrigger:
+    """`[triggers.sqs]`: messages of a queue are predicted in batches, results sent on."""
+
     batch_size: int = _f(10, ge=1, le=10000)
     output_queue: str | None = _f(None, help="Queue URL for results.")
     output_s3: str | None = _f(None, pattern=r"s3://[^/]+(/.*)?", help="s3://bucket/prefix for results.")
@@ -180,18 +201,24 @@ class SqsTrigger:
 
 @dataclass(eq=False, repr=False)
 class TopicTrigger:
+    """`[triggers.sns]` and `[triggers.pubsub]`: messages published to a topic are predicted."""
+
     topic: str | None = None
     output_topic: str | None = None
 
 
 @dataclass(eq=False, repr=False)
 class EventBridgeTrigger:
+    """`[triggers.eventbridge]`: events matching a source and detail type are predicted."""
+
     source: list[str] = _f(factory=lambda: ["modelfn"])
     detail_type: list[str] = _f(factory=lambda: ["predict"])
 
 
 @dataclass(eq=False, repr=False)
 class GcsTrigger:
+    """`[triggers.gcs]`: objects finalised in a Cloud Storage bucket are predicted."""
+
     bucket: str | None = None
     prefix: str = "incoming/"
     output_prefix: str = "predictions/"
@@ -199,6 +226,8 @@ class GcsTrigger:
 
 @dataclass(eq=False, repr=False)
 class BlobTrigger:
+    """`[triggers.blob]`: blobs written to an Azure Storage path are predicted."""
+
     path: str = "incoming/{name}"
     output_path: str = "predictions/{name}.json"
     connection: str = "AzureWebJobsStorage"
@@ -216,6 +245,8 @@ class BlobTrigger:
 
 @dataclass(eq=False, repr=False)
 class QueueTrigger:
+    """`[triggers.queue]`: messages of an Azure Storage queue are predicted."""
+
     queue: str = "modelfn-requests"
     output_queue: str = "modelfn-results"
     connection: str = "AzureWebJobsStorage"
@@ -355,6 +386,8 @@ def _bucket_uri(uri: str) -> tuple[str, str, str]:
 
 @dataclass(eq=False, repr=False)
 class FunctionSpec:
+    """One `function.toml`: a model function and everything about serving and deploying it."""
+
     name: str = _f(pattern=r"[a-z0-9][a-z0-9-]{0,62}", help="Lower-case letters, digits and '-'.")
     model: ModelSpec = _f()
     description: str = ""
