@@ -241,8 +241,10 @@ end
 """
 
 
-def wrk_load(port: int, path: str, bodies: list[bytes], seconds: int, concurrency: int) -> dict[str, float]:
-    """Requests/s and latency from `wrk` (Debian's `wrk` package), one thread, `concurrency`
+def wrk_load(
+    port: int, path: str, bodies: list[bytes], seconds: int, concurrency: int, threads: int = 1
+) -> dict[str, float]:
+    """Requests/s and latency from `wrk` (Debian's `wrk` package), `threads` threads, `concurrency`
     keep-alive connections. A C client: at the same load it takes a fraction of the CPU the
     raw Python client does, so more of two shared cores is left to the server. It checks only
     statuses (any non-200 or socket error stops the bench); the raw client checks every answer."""
@@ -253,7 +255,7 @@ def wrk_load(port: int, path: str, bodies: list[bytes], seconds: int, concurrenc
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT % quoted)
     try:
-        command = [wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s", script.name]
+        command = [wrk, f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s", script.name]
         done = subprocess.run([*command, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True)
     finally:
         os.unlink(script.name)
