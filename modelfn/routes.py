@@ -16,7 +16,7 @@ class Route:
     document says of it. (A plain class: a dataclass would be generated at import, on the
     Lambda cold-start path.)"""
 
-    __slots__ = ("body", "errors", "method", "operation", "pattern", "public", "success", "summary", "tag", "template")
+    __slots__ = ("_pattern", "body", "errors", "method", "operation", "public", "success", "summary", "tag", "template")
 
     def __init__(
         self,
@@ -42,9 +42,15 @@ class Route:
         """Answered without the API key: the platform's health probes cannot send one."""
         self.body = body
         """The request body's kind: "inference" (OIP), "payload" (the function's codec) or None."""
-        self.pattern = re.compile(
-            _PARAMETER.sub(r"(?P<\1>[^/]+)", re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
-        )
+        self._pattern: re.Pattern[str] | None = None
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """Compiled on first use: a cold start that serves one route compiles one expression."""
+        if self._pattern is None:
+            escaped = re.escape(self.template).replace(r"\{", "{").replace(r"\}", "}")
+            self._pattern = re.compile(_PARAMETER.sub(r"(?P<\1>[^/]+)", escaped))
+        return self._pattern
 
     @property
     def parameters(self) -> list[str]:
