@@ -107,11 +107,19 @@ def test_a_failed_send_never_fails_the_live_answer(
     assert any(r.getMessage().startswith(f"shadow copy not sent to queue {QUEUE}") for r in caplog.records)
 
 
-def test_the_generated_app_settings_name_the_shadow_queue(functions: Path) -> None:
-    from modelfn.deploy.azure import local_settings
+def test_the_generated_app_names_the_shadow_queue_and_says_how_to_create_it(functions: Path, tmp_path: Path) -> None:
+    from modelfn.deploy.azure import local_settings, write
+    from modelfn.deploy.plan import place
     from modelfn.spec import load_spec
 
-    values = local_settings(load_spec(functions / "ab"))["Values"]
+    spec = load_spec(functions / "ab")
+    values = local_settings(spec)["Values"]
     assert values["MODELFN_SHADOW_QUEUE"] == "ab-shadow-copies"
-    plain = local_settings(load_spec(Path(__file__).resolve().parent.parent / "functions" / "breast-cancer"))
-    assert "MODELFN_SHADOW_QUEUE" not in plain["Values"]
+    write(spec, place(spec, "azure"), tmp_path / "out")
+    readme = (tmp_path / "out" / "ab" / "README.md").read_text()
+    assert "az storage queue create --name ab-shadow-copies --account-name <account>" in readme
+    assert "--settings MODELFN_SHADOW_QUEUE=ab-shadow-copies" in readme
+    plain_spec = load_spec(Path(__file__).resolve().parent.parent / "functions" / "breast-cancer")
+    assert "MODELFN_SHADOW_QUEUE" not in local_settings(plain_spec)["Values"]
+    write(plain_spec, place(plain_spec, "azure"), tmp_path / "plain")
+    assert "shadow" not in (tmp_path / "plain" / "breast-cancer" / "README.md").read_text()

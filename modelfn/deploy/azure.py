@@ -54,6 +54,16 @@ Triggers: {triggers}.
 Locally: `cp local.settings.json.example local.settings.json`, start Azurite, `func start`.
 """
 
+SHADOW_README = """
+Shadow version {version}: each copy goes through the Storage Queue `{name}-shadow-copies` to the
+app's `{function_id}` function. Create the queue and point the app at it before the first copy
+(without the setting, the shadow runs in the live invocation, after the answer):
+
+    az storage queue create --name {name}-shadow-copies --account-name <account>
+    az functionapp config appsettings set --name <app> --resource-group <group> \\
+        --settings MODELFN_SHADOW_QUEUE={name}-shadow-copies
+"""
+
 
 def _timespan(seconds: int) -> str:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -115,6 +125,9 @@ def write(spec: FunctionSpec, placement: Placement, out_dir: Path) -> list[Path]
         ".funcignore": FUNCIGNORE,
         "README.md": README.format(name=spec.name, python=spec.deploy.python, triggers=", ".join(triggers)),
     }
+    if spec.traffic.shadow:
+        function_id = spec.name.replace("-", "_") + "_shadow"  # as handlers.azure_functions names it
+        files["README.md"] += SHADOW_README.format(name=spec.name, version=spec.traffic.shadow, function_id=function_id)
     if drift_alerts.alerted(spec):
         files["drift-alert.json"] = json.dumps(drift_alerts.arm_template(spec), indent=2) + "\n"
         files["README.md"] += drift_alerts.azure_readme(spec)
