@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from modelfn.batching import MicroBatcher
     from modelfn.function import ModelFunction, Outputs
+    from modelfn.shadow_copy import ShadowInput
 
 log = logging.getLogger("modelfn")
 
@@ -130,9 +131,8 @@ class Service:
             response = self._failure(exc, request)
         if serving is not None:
             serving.finish(response.status, response.headers)
-            if isinstance(outcome, Inference) and outcome.outputs is not None:
-                source = _request_source(route, request)
-                self._shadow_copy(serving, self._decoder(route, request), outcome.outputs, source)  # see the README
+            if serving.shadow is not None and isinstance(outcome, Inference) and outcome.outputs is not None:
+                self._shadow_copy(serving, _request_source(route, request), outcome.outputs)  # see the README
         return response  # type: ignore[no-any-return]
 
     async def handle_async(
@@ -175,7 +175,7 @@ class Service:
         if serving is not None:
             serving.finish(response.status, response.headers)
             if serving.shadow is not None and outputs is not None:
-                self._shadow_later(serving.shadow, self._decoder(route, request), outputs, heavy)
+                self._shadow_later(serving.shadow, _request_source(route, request).feeds, outputs, heavy)
         return response
 
     def predict(
@@ -201,8 +201,10 @@ class Service:
             serving.finish(error_body(exc)[0])
             raise
         serving.finish(200)
-        source = {"kind": "codec", "body": body, "content_type": content_type, "payload": payload}
-        self._shadow_copy(serving, lambda shadow: shadow.decode(body, content_type, payload).feeds, outputs, source)
+        if serving.shadow is not None:
+            self._shadow_copy(
+                serving, _shadow_input("codec", body=body, content_type=content_type, payload=payload), outputs
+            )
         return result
 
     def infer(self, name: str, document: Any, key: str | None = None) -> dict[str, Any]:
@@ -216,13 +218,8 @@ class Service:
             serving.finish(error_body(exc)[0])
             raise
         serving.finish(200)
-        if inference.outputs is not None:
-            self._shadow_copy(
-                serving,
-                lambda shadow: self._inference(shadow, document).decoded.feeds,
-                inference.outputs,
-                {"kind": "document", "payload": document},
-            )
+        if serving.shadow is not None and inference.outputs is not None:
+            self._shadow_copy(serving, _shadow_input("document", payload=document), inference.outputs)
         return answer  # type: ignore[no-any-return]
 
     def function(self, name: str) -> ModelFunction:
@@ -401,31 +398,19 @@ class Service:
         params["version"] = fn.version
         return Serving(versions, fn, shadow=named is None)
 
-    @staticmethod
-    def _decoder(route: Route, request: HttpRequest) -> Callable[[ModelFunction], Feeds]:
-        """How the shadow version reads the same request: its own codec, or the protocol with its own inputs."""
-        if route.body == "inference":
-            length = request.headers.get(protocol.HEADER_LENGTH)
-            return lambda fn: (
-                protocol.decode_body(request.body, length, fn.inputs, fn.spec.io.nan_policy, outputs=fn.outputs).feeds
-            )
-        return lambda fn: fn.decode(request.body, request.content_type).feeds
-
-    def _shadow_copy(
-        self, serving: Serving, decode: Callable[[ModelFunction], Feeds], live: Outputs, source: dict[str, Any]
-    ) -> None:
+    def _shadow_copy(self, serving: Serving, source: ShadowInput, live: Outputs) -> None:
         """The sync driver's shadow copy, after the answer: run here, or sent to the shadow's own
-        invocation when the provider set `shadow_sink` (`source` says how to read the input again)."""
+        invocation when the provider set `shadow_sink` (`source` reads the input again)."""
         shadow = serving.shadow
         if shadow is None:
             return
         if self.shadow_sink is None:
-            serving.shadow_run(decode, live)
+            serving.shadow_run(source.feeds, live)
             return
-        from modelfn.shadow_copy import ShadowCopy, ShadowInput
+        from modelfn.shadow_copy import ShadowCopy
 
         try:
-            self.shadow_sink(ShadowCopy(shadow.name, shadow.version, serving.version, ShadowInput(**source), live))
+            self.shadow_sink(ShadowCopy(shadow.name, shadow.version, serving.version, source, live))
         except Exception:  # the sink reports its own failures; nothing may reach the live answer
             log.exception("shadow copy of %s not sent", shadow.name)
 
@@ -499,11 +484,18 @@ class Service:
         return failure(exc)
 
 
-def _request_source(route: Route, request: HttpRequest) -> dict[str, Any]:
-    """How a shadow copy sent elsewhere reads this request again (`modelfn.shadow_copy.ShadowInput`)."""
+def _shadow_input(kind: str, **fields: Any) -> ShadowInput:
+    """How the shadow version reads a request again, with its own codec or inputs. (Imported
+    here: only functions with a shadow version make one.)"""
+    from modelfn.shadow_copy import ShadowInput
+
+    return ShadowInput(kind, **fields)
+
+
+def _request_source(route: Route, request: HttpRequest) -> ShadowInput:
     if route.body == "inference":
-        return {"kind": "inference", "body": request.body, "header_length": request.headers.get(protocol.HEADER_LENGTH)}
-    return {"kind": "codec", "body": request.body, "content_type": request.content_type}
+        return _shadow_input("inference", body=request.body, header_length=request.headers.get(protocol.HEADER_LENGTH))
+    return _shadow_input("codec", body=request.body, content_type=request.content_type)
 
 
 def _finished(inference: Inference, outputs: Outputs) -> HttpResponse:
