@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("aws_cdk", reason="the CDK app needs aws-cdk-lib (pip install 'modelfn[cdk]')")
 pytest.importorskip("cdk_nag", reason="the CDK app's checks need cdk-nag (pip install 'modelfn[cdk]')")
 
-from test_cdk_stacks import CANCER_MODEL, Synthesis, build_layers, render, synthesise
+from test_cdk_stacks import CANCER_MODEL, Synthesis, build_layers, render, role_statements, synthesise
 
 pytestmark = pytest.mark.slow
 
@@ -78,18 +78,9 @@ def text(value: Any) -> str:
 
 def grants(synth: Synthesis, name: str, role_id: str) -> list[tuple[str, str, Any]]:
     """(action, resource, condition) for every statement of the policies attached to `role_id`."""
-    found = []
-    for policy in synth.resources(name, "AWS::IAM::Policy").values():
-        if {"Ref": role_id} not in policy["Roles"]:
-            continue
-        for statement in policy["PolicyDocument"]["Statement"]:
-            assert statement["Effect"] == "Allow"
-            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-            for action in actions:
-                for resource in resources:
-                    found.append((action, text(resource), statement.get("Condition")))
-    return found
+    return [
+        (action, text(resource), condition) for action, resource, condition in role_statements(synth, name, role_id)
+    ]
 
 
 def test_the_map_lists_the_prefix_batches_objects_to_the_live_alias_and_writes_its_results(

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,11 +241,8 @@ def render(value: Any) -> str:
     raise AssertionError(f"unexpected intrinsic {value}")
 
 
-def role_grants(synth: Synthesis, name: str, role: str | None = None) -> dict[str, set[str]]:
-    """Action -> resources granted to the model function's role (or the role `role` names), across its policies."""
-    if role is None:
-        role = synth.function(name)[1]["Role"]["Fn::GetAtt"][0]
-    grants: dict[str, set[str]] = {}
+def role_statements(synth: Synthesis, name: str, role: str) -> Iterator[tuple[str, Any, Any]]:
+    """(action, resource, condition) for every Allow statement of the policies attached to `role`."""
     for policy in synth.resources(name, "AWS::IAM::Policy").values():
         if {"Ref": role} not in policy["Roles"]:
             continue
@@ -253,7 +251,17 @@ def role_grants(synth: Synthesis, name: str, role: str | None = None) -> dict[st
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
             for action in actions:
-                grants.setdefault(action, set()).update(render(r) for r in resources)
+                for resource in resources:
+                    yield action, resource, statement.get("Condition")
+
+
+def role_grants(synth: Synthesis, name: str, role: str | None = None) -> dict[str, set[str]]:
+    """Action -> resources granted to the model function's role (or the role `role` names), across its policies."""
+    if role is None:
+        role = synth.function(name)[1]["Role"]["Fn::GetAtt"][0]
+    grants: dict[str, set[str]] = {}
+    for action, resource, _ in role_statements(synth, name, role):
+        grants.setdefault(action, set()).add(render(resource))
     return grants
 
 
