@@ -39,7 +39,7 @@ def _group_key(feeds: Feeds, pad: bool) -> tuple[object, ...]:
 def _texts_key(decoded: Decoded, pad: bool) -> tuple[object, ...]:
     """Texts not yet tokenised merge with each other when padding is declared safe: the whole
     batch is tokenised at once (the tokenizer pads); otherwise each request's own feeds decide."""
-    if pad and isinstance(decoded, Texts) and decoded._feeds is None:
+    if pad and isinstance(decoded, Texts) and not decoded.tokenised:
         return ("texts",)
     return _group_key(decoded.feeds, pad)
 

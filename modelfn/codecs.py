@@ -85,6 +85,10 @@ class Texts(Decoded):
     def rows(self) -> int:
         return len(self.texts)
 
+    @property
+    def tokenised(self) -> bool:
+        return self._feeds is not None
+
 
 def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
