@@ -83,3 +83,22 @@ def test_every_example_function_validates() -> None:
     assert {"breast-cancer", "digits"} <= set(found)
     for name, path in found.items():
         assert load_spec(path).name == name
+
+
+def test_tables_are_built_like_dataclasses_by_position_name_and_default() -> None:
+    # the tables share one __init__ rather than a generated one each (cold start): same behaviour
+    from modelfn.spec import BlobTrigger, EventBridgeTrigger, ModelSpec
+
+    blob = BlobTrigger("in/{name}", output_path="out/{name}.json")
+    assert (blob.path, blob.output_path, blob.connection) == ("in/{name}", "out/{name}.json", "AzureWebJobsStorage")
+    first, second = EventBridgeTrigger(), EventBridgeTrigger()
+    assert first.source == ["modelfn"] and first.source is not second.source  # factories run per instance
+    assert repr(ModelSpec("m.onnx")) == "ModelSpec(source='m.onnx', sha256=None, version='1', versions={})"
+    with pytest.raises(TypeError, match="missing required argument 'source'"):
+        ModelSpec()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bucket'"):
+        BlobTrigger(bucket="b")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="multiple values for 'path'"):
+        BlobTrigger("a/{name}", path="b/{name}")  # type: ignore[misc]
+    with pytest.raises(TypeError, match="takes 3 positional arguments, 4 given"):
+        BlobTrigger("a", "b", "c", "d")  # type: ignore[call-arg]
