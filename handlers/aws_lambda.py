@@ -1,46 +1,54 @@
 """AWS Lambda: one `handler` for every trigger (handler string `handlers.aws_lambda.handler`).
 
 Each event kind is a small class that recognises its event, translates it in and the
-outcome out (see `handlers/aws/`); the first kind in `KINDS` that recognises an event
-serves it. The function served is `MODELFN_FUNCTION`; it is loaded and warmed when this
-module is imported, during Lambda's init, so no request pays for it. `asgi_handler`
-serves the core's ASGI server through Mangum instead, at a higher cold-start cost.
-Running the handler here, without Lambda, is `handlers.local.aws`."""
+outcome out (see `handlers/aws/`); the first kind that recognises an event serves it, the
+HTTP kinds tried first, then `event_kinds()`. The function served is `MODELFN_FUNCTION`; it
+is loaded and warmed when this module is imported, during Lambda's init, so no request pays
+for it. `asgi_handler` serves the core's ASGI server through Mangum instead, at a higher
+cold-start cost. Running the handler here, without Lambda, is `handlers.local.aws`."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
 
-from handlers.aws import clients
 from handlers.aws.app import LambdaApp, current, on_lambda
-from handlers.aws.bulk import DistributedMapBatch
 from handlers.aws.http import HTTP_KINDS
 from handlers.aws.kind import EventKind
-from handlers.aws.messages import DirectInvoke, EventBridgeDetail, SnsNotification
-from handlers.aws.s3 import S3EventBridge, S3Notification, S3TestEvent
-from handlers.aws.shadow import ShadowCopyKind
-from handlers.aws.sqs import SqsBatch
 from handlers.aws.telemetry import route_core_logs, telemetry
 from modelfn.errors import ModelfnError
 
-KINDS: list[type[EventKind]] = [
-    *HTTP_KINDS,
-    S3Notification,
-    S3EventBridge,
-    S3TestEvent,
-    SqsBatch,
-    SnsNotification,
-    EventBridgeDetail,
-    ShadowCopyKind,
-    DistributedMapBatch,
-    DirectInvoke,  # recognises anything: last
-]
+
+@functools.cache
+def event_kinds() -> list[type[EventKind]]:
+    """Every trigger but HTTP, in the order they are tried. Imported on the first event no HTTP
+    kind recognises: an HTTP function's cold start never loads them (~2 ms of imports)."""
+    from handlers.aws.bulk import DistributedMapBatch
+    from handlers.aws.messages import DirectInvoke, EventBridgeDetail, SnsNotification
+    from handlers.aws.s3 import S3EventBridge, S3Notification, S3TestEvent
+    from handlers.aws.shadow import ShadowCopyKind
+    from handlers.aws.sqs import SqsBatch
+
+    return [
+        S3Notification,
+        S3EventBridge,
+        S3TestEvent,
+        SqsBatch,
+        SnsNotification,
+        EventBridgeDetail,
+        ShadowCopyKind,
+        DistributedMapBatch,
+        DirectInvoke,  # recognises anything: last
+    ]
 
 
 def kind_of(event: Any) -> type[EventKind]:
-    return next(kind for kind in KINDS if kind.recognise(event))
+    for kind in HTTP_KINDS:
+        if kind.recognise(event):
+            return kind
+    return next(kind for kind in event_kinds() if kind.recognise(event))
 
 
 def handler(event: Any, context: Any) -> Any:
@@ -127,6 +135,8 @@ def _after_restore() -> None:
     import random
 
     import numpy as np
+
+    from handlers.aws import clients
 
     random.seed()
     np.random.seed()

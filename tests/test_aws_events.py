@@ -7,7 +7,10 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -170,6 +173,21 @@ def test_all_sample_events_are_recognised_as_their_own_kind(aws_lambda: Any) -> 
         "sns": "sns",
         "sqs": "sqs",
     }
+
+
+@pytest.mark.slow
+def test_an_http_invocation_imports_no_other_triggers_kinds() -> None:
+    # the S3, SQS, SNS, EventBridge, shadow and bulk kinds are off an HTTP function's cold start
+    code = (
+        "import json, sys; from handlers import aws_lambda; "
+        f"print(aws_lambda.handler(json.load(open({str(EVENTS / 'apigw-v2.json')!r})), None)['statusCode']); "
+        "kinds = [f'handlers.aws.{m}' for m in ('s3', 'sqs', 'messages', 'shadow', 'bulk', 'objects')]; "
+        "print([m for m in kinds if m in sys.modules]); "
+        f"print(aws_lambda.kind_of(json.load(open({str(EVENTS / 'sqs.json')!r}))).name)"
+    )
+    env = {**os.environ, "MODELFN_FUNCTION": "breast-cancer", "MODELFN_FUNCTIONS_DIR": str(ROOT / "functions")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    assert out.stdout.split("\n")[-4:] == ["200", "[]", "sqs", ""]
 
 
 # HTTP shapes
