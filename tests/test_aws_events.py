@@ -456,3 +456,50 @@ def test_cold_start_flag_is_true_only_for_the_first_invocation(aws_lambda: Any, 
     aws_lambda.handler(sample, context(aws_lambda))
     flags = [line["cold_start"] for line in logs() if line.get("message") == "prediction"]
     assert flags == [True, False]
+
+
+def test_telemetry_writes_whole_json_lines_to_the_stdout_descriptor(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # on Lambda the lines go to stdout's descriptor in one write each, past the text layer
+    from handlers.aws.telemetry import Telemetry
+
+    out = (tmp_path / "stdout").open("w")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "modelfn-test")
+    telemetry, ctx = Telemetry(), LocalContext("modelfn-test")
+    for latency in (2.5, float("nan")):
+        telemetry.begin(ctx, "apigw-http", "breast-cancer")
+        telemetry.metric("Invocations", 1)
+        telemetry.metric("BatchSize", 2)
+        telemetry.metric("BatchSize", 3)
+        telemetry.metric("Latency", latency, "Milliseconds")
+        telemetry.warning("request failed", status=422)
+        telemetry.end()
+    lines = [json.loads(line) for line in (tmp_path / "stdout").read_text().splitlines()]
+    assert [line.get("message") for line in lines] == ["request failed", None, "request failed", None]
+    first, second = lines[1], lines[3]
+    assert (first["Invocations"], first["BatchSize"], first["Latency"]) == (1, [2, 3], 2.5)
+    assert second["Latency"] is None  # NaN is not JSON
+    assert first["function_request_id"] == second["function_request_id"] == ctx.aws_request_id
+    assert [m["Name"] for m in first["_aws"]["CloudWatchMetrics"][0]["Metrics"]] == [
+        "Invocations",
+        "BatchSize",
+        "Latency",
+    ]
+
+
+def test_telemetry_off_lambda_lets_text_already_in_the_stream_out_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from handlers.aws.telemetry import Telemetry
+
+    err = (tmp_path / "stderr").open("w")
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    telemetry = Telemetry()
+    err.write("printed before\n")  # still in the text layer's buffer
+    telemetry.info("model loaded", model_function="breast-cancer")
+    lines = (tmp_path / "stderr").read_text().splitlines()
+    assert lines[0] == "printed before"
+    assert json.loads(lines[1])["message"] == "model loaded"

@@ -30,6 +30,16 @@ _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 _quote = json.encoder.encode_basestring
 
 
+def _fileno(stream: TextIO) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # pytest's capture, a StringIO: no descriptor
+        return None
+
+
+_isfinite = math.isfinite
+
+
 def _number(value: float) -> str:
     return repr(value) if type(value) is int or math.isfinite(value) else "null"
 
@@ -66,6 +76,8 @@ class Telemetry:
         self.metrics: dict[str, tuple[str, list[float]]] = {}
         self._templates: dict[tuple[Any, ...], str] = {}
         """EMF documents by (metric names..., function, trigger): a metric's unit is fixed by its name."""
+        self._fd_of: tuple[Any, int | None] = (None, None)
+        """The stream last written to and its file descriptor (None: written as text)."""
 
     @property
     def stream(self) -> TextIO:
@@ -156,15 +168,17 @@ class Telemetry:
         if template is None:
             units = tuple((name, unit) for name, (unit, _) in metrics.items())
             template = self._templates[shape] = self._template(units)
+        # `%s` of an int or a finite float is its JSON: no conversion per value but for lists and NaN
+        pieces: list[Any] = [int(time.time() * 1000)]
+        for _, values in metrics.values():
+            if len(values) > 1:
+                pieces.append(_numbers(values))
+            else:
+                value = values[0]
+                pieces.append(value if type(value) is int or _isfinite(value) else "null")
         request_id = getattr(self.context, "aws_request_id", None)
-        self.emit(
-            template
-            % (
-                int(time.time() * 1000),
-                *[_number(values[0]) if len(values) == 1 else _numbers(values) for _, values in metrics.values()],
-                _quote(str(request_id)) if request_id else "null",
-            )
-        )
+        pieces.append(_quote(request_id if type(request_id) is str else str(request_id)) if request_id else "null")
+        self._write(template % tuple(pieces))
 
     def document(self, dimensions: dict[str, str], metrics: list[tuple[str, str, float]]) -> None:
         """One EMF document of its own, outside the invocation's: metrics with other dimensions
@@ -190,15 +204,34 @@ class Telemetry:
         head = _encode({"_aws": {"Timestamp": 0, "CloudWatchMetrics": [directive]}, **fixed})
         head = head.replace("%", "%%").replace('"Timestamp":0', '"Timestamp":%s', 1)
         values = "".join(f",{_quote(name).replace('%', '%%')}:%s" for name, _ in metrics)
-        return head[:-1] + values + ',"function_request_id":%s}'
+        return head[:-1] + values + ',"function_request_id":%s}\n'
 
     def write(self, document: dict[str, Any]) -> None:
         self.emit(_encode(document))
 
     def emit(self, line: str) -> None:
+        self._write(line + "\n")
+
+    def _write(self, lines: str) -> None:
+        """Whole lines, in one system call: straight to the file descriptor of the process's
+        stdout or stderr (on Lambda, the log pipe), which skips the text layer's encoding,
+        buffering and flushes (~4 µs of each invocation's EMF document); a stream handed in, or
+        one without a descriptor, is written as text."""
         stream = self.stream
-        stream.write(line + "\n")
-        stream.flush()
+        if stream is not self._fd_of[0]:
+            self._fd_of = (stream, _fileno(stream) if self._stream is None else None)
+        fd = self._fd_of[1]
+        if fd is None:
+            stream.write(lines)
+            stream.flush()
+            return
+        if not (self.on_lambda and stream is sys.stdout):
+            # what others left in the stream's buffer goes out first; on Lambda nothing waits there
+            # (the runtime wraps stdout to flush on every write)
+            stream.flush()
+        data = lines.encode()
+        while data:
+            data = data[os.write(fd, data) :]
 
 
 class JsonLogHandler(logging.Handler):
