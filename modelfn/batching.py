@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,13 @@ from modelfn.codecs import Decoded, Feeds, Texts
 from modelfn.function import ModelFunction, Outputs
 
 log = logging.getLogger("modelfn")
+
+# The most a batch waits for the last run's callers, as a share of that run's time: the model
+# idles at most this much longer when they do not come.
+FILL_SHARE = 0.25
+# A shorter wait than this cannot see a client come back (a loopback round trip takes longer):
+# for a cheap model it would only cost the loop a turn.
+FILL_MIN_S = 0.0002
 
 
 @dataclass
@@ -61,12 +69,18 @@ def merge(feeds: list[Feeds], pad_value: float | None) -> Feeds:
 
 
 class MicroBatcher:
-    """One per function, on the event loop; no lockstep. A request that finds the model idle
-    runs at once, with whatever else is already queued (no waiting at light load). While a
-    batch runs, the next one gathers: it starts when a run slot frees up (`runs` in flight
-    at most), or once it is full (`max_batch_size` rows) or has waited `max_latency_ms` while
-    a slot is free. So batches grow with the load, up to the maximum, and the model never
-    idles while answers go out and the next requests arrive."""
+    """One per function, on the event loop. A request that finds the model idle and nobody
+    waiting runs at once, on the loop itself when the function's runs are short (no thread
+    hand-offs; at most `max_latency_ms` of the loop). While a batch runs, the next one
+    gathers: it starts when a run slot frees up (`runs` in flight at most; one at a time for a
+    session whose threads would fight another run), or once it is full (`max_batch_size`
+    rows) or has waited `max_latency_ms` while a slot is free. So batches grow with the load.
+
+    When the model frees up with fewer rows gathered than its last run answered plus those
+    still waiting then (about the number of callers: a closed loop's clients come back), the
+    batch waits for them, at most `max_latency_ms` and a quarter of the last run's time.
+    Otherwise a steady load splits into two cohorts that take turns with half-size batches,
+    each run less efficient than a full one."""
 
     def __init__(
         self,
@@ -86,20 +100,54 @@ class MicroBatcher:
         self.in_flight: set[asyncio.Task[None]] = set()
         self.on_batch = on_batch
         # A session with one intra-op thread runs beside another on the next core; one that uses
-        # several would fight the other run for them: its runs take turns, while the next batch's
-        # merging, splitting and answers still overlap the model's work.
+        # several would fight the other run for them: its runs take turns, a second batch starts
+        # (and merges or tokenises beside the run) only once full.
         self.model_turn = threading.Lock() if fn.spec.runtime.threads != 1 else None
+        self.last_run_s = math.inf  # unknown until the first run: that one goes to a thread
+        self.waiting_rows = 0  # submitted, not yet in a run
+        self.callers = 1  # rows of the last run and those waiting when it ended
 
     async def submit(self, decoded: Decoded) -> Outputs:
         loop = asyncio.get_running_loop()
         if self.worker is not None and self.worker.get_loop() is not loop:
             # an adapter that runs each request on a fresh event loop: start over on this one
-            self.queue, self.worker, self.in_flight = asyncio.Queue(), None, set()
+            self.queue, self.worker, self.in_flight, self.waiting_rows = asyncio.Queue(), None, set(), 0
+        if self._alone(decoded):
+            # The model is idle, nobody waits or is expected: run here, unless others turn up
+            # while the loop takes one more turn (it reads its sockets). Without that turn, each
+            # request read after a run would find the model idle, and a burst would never batch.
+            self.waiting_rows += decoded.rows
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self.waiting_rows -= decoded.rows
+            if self._alone(decoded):
+                return self._run_inline(decoded)
         if self.worker is None or self.worker.done():
             self.worker = loop.create_task(self._drain())
         future: asyncio.Future[Outputs] = loop.create_future()
+        self.waiting_rows += decoded.rows
         self.queue.put_nowait(_Pending(decoded, future))
         return await future
+
+    def _alone(self, decoded: Decoded) -> bool:
+        """The model idle, nobody waiting, the last run answered only about this many rows, and
+        runs short enough (`max_latency_ms`) to hold the loop for one."""
+        return (
+            not self.in_flight
+            and not self.waiting_rows
+            and self.callers <= decoded.rows
+            and self.last_run_s <= self.max_wait
+        )
+
+    def _run_inline(self, decoded: Decoded) -> Outputs:
+        """Run on the loop, as a plain `async def` endpoint would: a thread would cost two
+        hand-offs, a tenth of a small run."""
+        outputs = self._run_model(decoded.feeds)
+        if self.on_batch:
+            self.on_batch(decoded.rows)
+        self.callers = decoded.rows + self.waiting_rows
+        return outputs
 
     async def close(self) -> None:
         for task in [self.worker, *self.in_flight]:
@@ -119,15 +167,25 @@ class MicroBatcher:
         batch = [await self.queue.get()]
         rows = self._take_queued(batch, batch[0].rows)
         deadline = time.monotonic() + self.max_wait
-        # the model is busy: this batch fills while it works, until a slot frees up (and a little
-        # longer, up to max_latency_ms, while the other slot still runs); an idle model never waits
-        while rows < self.max_rows and self.in_flight:
-            slot_free = len(self.in_flight) < self.runs
-            if slot_free and time.monotonic() >= deadline:
-                break
+        filled_by = None
+        while rows < self.max_rows:
+            timeout = None  # no slot free: wait for one (or a full batch)
+            if len(self.in_flight) < self.runs and not (self.in_flight and self.model_turn):
+                now = time.monotonic()
+                if self.in_flight:  # a slot is free beside another run: gather up to max_latency_ms
+                    until = deadline
+                elif rows >= self.callers:  # the model is idle and everyone is here
+                    break
+                else:  # the model is idle: the last run's callers may be on their way back
+                    if filled_by is None:
+                        fill = min(self.max_wait, FILL_SHARE * self.last_run_s)
+                        filled_by = now + fill if fill >= FILL_MIN_S else now
+                    until = filled_by
+                if now >= until:
+                    break
+                timeout = until - now
             getter: asyncio.Task[_Pending] = asyncio.ensure_future(self.queue.get())
             waits: set[asyncio.Future[Any]] = {getter, *self.in_flight}
-            timeout = max(0.0, deadline - time.monotonic()) if slot_free else None
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if getter.done() or not getter.cancel():  # cancel() is False when it was taken meanwhile
                 batch.append(getter.result())
@@ -137,7 +195,9 @@ class MicroBatcher:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [p for p in await self._gather() if not p.future.done()]  # cancelled callers drop out
+            gathered = await self._gather()
+            self.waiting_rows -= sum(p.rows for p in gathered)
+            batch = [p for p in gathered if not p.future.done()]  # cancelled callers drop out
             if not batch:
                 continue
             task = loop.create_task(self._run(batch))
@@ -145,6 +205,12 @@ class MicroBatcher:
             task.add_done_callback(self.in_flight.discard)
 
     async def _run(self, batch: list[_Pending]) -> None:
+        try:
+            await self._run_groups(batch)
+        finally:  # out of `in_flight` before its callers resume (a done callback runs after them)
+            self.in_flight.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _run_groups(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         groups: dict[tuple[object, ...], list[_Pending]] = {}
         for pending in batch:
@@ -171,6 +237,7 @@ class MicroBatcher:
                 parts = [exc]  # type: ignore[list-item]
             if self.on_batch:
                 self.on_batch(sum(p.rows for p in group))
+            self.callers = sum(p.rows for p in group) + self.waiting_rows
             for pending, part in zip(group, parts, strict=True):
                 if pending.future.done():
                     continue
@@ -184,10 +251,15 @@ class MicroBatcher:
         return self._run_model(self.fn.codec.feeds(texts))  # type: ignore[attr-defined]
 
     def _run_model(self, feeds: Feeds) -> Outputs:
+        started = time.perf_counter()
         if self.model_turn is None:
-            return self.fn.run(feeds)
-        with self.model_turn:
-            return self.fn.run(feeds)
+            outputs = self.fn.run(feeds)
+        else:
+            with self.model_turn:
+                started = time.perf_counter()
+                outputs = self.fn.run(feeds)
+        self.last_run_s = time.perf_counter() - started
+        return outputs
 
     async def _one_by_one(self, group: list[_Pending]) -> None:
         """A merged run failed: run each request alone so the error lands on its sender only."""
