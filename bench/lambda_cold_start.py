@@ -28,9 +28,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from support.lambda_runtime import RuntimeApi, lambda_environment, start_runtime  # noqa: E402
+
+from modelfn.spec import write_compiled_spec  # noqa: E402
 
 # what the handler would pay on top of its own imports, had it imported these eagerly
 IMPORT_COSTS = {
@@ -52,15 +54,16 @@ CONTENDERS = {
 
 
 def stage(into: Path) -> Path:
-    """What the zip asset holds (`modelfn/`, `handlers/`, the function), plus the bare script,
-    with bytecode compiled the way `assets.compile_code` does it."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    """What the zip asset holds (`modelfn/`, `handlers/`, the function with its spec compiled to
+    JSON), plus the bare script, with bytecode compiled the way `assets.compile_code` does it."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.toml.json")
     for package in ("modelfn", "handlers"):
         shutil.copytree(ROOT / package, into / package, ignore=ignore)
     (into / "bench").mkdir()
     (into / "bench" / "__init__.py").write_text("")
     shutil.copyfile(ROOT / "bench" / "bare_lambda.py", into / "bench" / "bare_lambda.py")
     shutil.copytree(ROOT / "functions" / "breast-cancer", into / "functions" / "breast-cancer", ignore=ignore)
+    write_compiled_spec(into / "functions" / "breast-cancer")
     compile_all = [sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash"]
     subprocess.run([*compile_all, "modelfn", "handlers", "bench"], cwd=into, check=True, capture_output=True)
     return into

@@ -12,9 +12,9 @@ read-only."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -572,12 +572,50 @@ def load_spec(path: Path | str) -> FunctionSpec:
     if path.is_dir():
         path = path / SPEC_FILE
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file", file=str(path)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: not valid TOML: {exc}", file=str(path)) from None
+    data = _compiled_table(path, text)
+    if data is None:
+        import tomllib  # ~1.8 ms of a Lambda cold start: a bundle ships the table as JSON
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"{path}: not valid TOML: {exc}", file=str(path)) from None
     return parse_spec(data, path.parent.resolve(), str(path))
+
+
+COMPILED_SPEC = "function.toml.json"
+"""Beside `function.toml` in a deployment bundle: its table as JSON, with the TOML text it was
+read from. Trusted only while that text is the file's own, so an edited spec is never shadowed."""
+
+
+def _compiled_table(path: Path, text: str) -> dict[str, Any] | None:
+    try:
+        compiled = json.loads(path.with_name(COMPILED_SPEC).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(compiled, dict) or compiled.get("toml") != text or not isinstance(compiled.get("table"), dict):
+        return None
+    return compiled["table"]  # type: ignore[no-any-return]
+
+
+def write_compiled_spec(folder: Path) -> Path | None:
+    """Write `COMPILED_SPEC` for the `function.toml` in `folder` (a bundle's copy): the function's
+    cold start then reads JSON, which the runtime has loaded anyway, instead of importing a TOML
+    parser. None, and nothing written, for a table JSON cannot carry as it is (dates, NaN)."""
+    import tomllib
+
+    text = (folder / SPEC_FILE).read_text(encoding="utf-8")
+    table = tomllib.loads(text)
+    try:
+        encoded = json.dumps({"toml": text, "table": table}, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    target = folder / COMPILED_SPEC
+    target.write_text(encoded, encoding="utf-8")
+    return target
 
 
 def functions_dir() -> Path:

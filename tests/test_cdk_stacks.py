@@ -314,6 +314,9 @@ def test_zip_asset_holds_the_code_and_the_function_folder_only(synth: Synthesis)
     assert (code / "handlers" / "__init__.py").is_file()
     assert (code / "functions" / "warm" / "function.toml").is_file()
     assert (code / "functions" / "warm" / "model.onnx").read_bytes() == CANCER_MODEL.read_bytes()
+    compiled = json.loads((code / "functions" / "warm" / "function.toml.json").read_text())  # read at cold start
+    assert compiled["toml"] == (code / "functions" / "warm" / "function.toml").read_text()
+    assert compiled["table"]["name"] == "warm" and load_spec(code / "functions" / "warm").name == "warm"
     assert sorted(p.name for p in code.iterdir()) == ["functions", "handlers", "modelfn"]
     assert not list(code.rglob(f"*.cpython-{sys.version_info.major}{sys.version_info.minor}.pyc"))
     assert not list((code / "functions").rglob("__pycache__"))

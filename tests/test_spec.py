@@ -1,9 +1,12 @@
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from modelfn.errors import SpecError
-from modelfn.spec import discover, load_spec, parse_spec
+from modelfn.spec import COMPILED_SPEC, discover, load_spec, parse_spec, write_compiled_spec
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 
@@ -102,3 +105,55 @@ def test_tables_are_built_like_dataclasses_by_position_name_and_default() -> Non
         BlobTrigger("a/{name}", path="b/{name}")  # type: ignore[misc]
     with pytest.raises(TypeError, match="takes 3 positional arguments, 4 given"):
         BlobTrigger("a", "b", "c", "d")  # type: ignore[call-arg]
+
+
+def _spec_folder(tmp_path: Path, toml: str) -> Path:
+    (tmp_path / "function.toml").write_text(toml)
+    return tmp_path
+
+
+SAMPLE = 'name = "tiny"\ndescription = "from the toml"\n[model]\nsource = "m.onnx"\n[batching]\nmax_latency_ms = 2\n'
+
+
+def test_a_bundles_compiled_spec_is_read_while_it_holds_the_tomls_text(tmp_path: Path) -> None:
+    folder = _spec_folder(tmp_path, SAMPLE)
+    from_toml = load_spec(folder)
+    compiled = write_compiled_spec(folder)
+    assert compiled == folder / COMPILED_SPEC
+    assert repr(load_spec(folder)) == repr(from_toml)  # same values, same types (2 -> 2.0)
+    document = json.loads(compiled.read_text())
+    document["table"]["description"] = "from the json"
+    compiled.write_text(json.dumps(document))
+    assert load_spec(folder).description == "from the json"  # read instead of the TOML
+    (folder / "function.toml").write_text(SAMPLE + "[runtime]\nthreads = 2\n")  # edited after bundling
+    edited = load_spec(folder)
+    assert (edited.description, edited.runtime.threads) == ("from the toml", 2)
+
+
+def test_a_compiled_spec_is_validated_like_the_toml(tmp_path: Path) -> None:
+    folder = _spec_folder(tmp_path, SAMPLE.replace("max_latency_ms = 2", "max_latency_ms = -1"))
+    write_compiled_spec(folder)
+    with pytest.raises(SpecError, match=r"batching\.max_latency_ms: must be >= 0, got -1\.0"):
+        load_spec(folder)
+
+
+def test_no_compiled_spec_for_a_table_json_cannot_carry(tmp_path: Path) -> None:
+    # dates and NaN have no JSON form: the bundle goes without, and the TOML is read (and judged) as ever
+    dated = _spec_folder(tmp_path, SAMPLE.replace('"from the toml"', "2026-11-30"))
+    assert write_compiled_spec(dated) is None and not (dated / COMPILED_SPEC).exists()
+    with pytest.raises(SpecError, match=r"description: expected a string, got datetime\.date\(2026, 11, 30\)"):
+        load_spec(dated)
+    (tmp_path / "function.toml").write_text(SAMPLE + "[deploy]\ncpu = nan\n")
+    assert write_compiled_spec(tmp_path) is None and not (tmp_path / COMPILED_SPEC).exists()
+
+
+@pytest.mark.slow
+def test_loading_a_compiled_spec_imports_no_toml_parser(tmp_path: Path) -> None:
+    folder = _spec_folder(tmp_path, SAMPLE)
+    code = (
+        f"import sys; from modelfn.spec import load_spec; load_spec({str(folder)!r}); print('tomllib' in sys.modules)"
+    )
+    parsed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    write_compiled_spec(folder)
+    compiled = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert (parsed.stdout.strip(), compiled.stdout.strip()) == ("True", "False")

@@ -26,7 +26,7 @@ from modelfn.deploy.layer import (
     zip_tree,
 )
 from modelfn.deploy.plan import function_files
-from modelfn.spec import FunctionSpec
+from modelfn.spec import FunctionSpec, write_compiled_spec
 from modelfn_cdk.settings import REPO, DeployRefused
 
 # Never copied into a bundle: caches, half-written downloads, editor and VCS litter.
@@ -59,6 +59,7 @@ def copy_sources(spec: FunctionSpec, root: Path) -> Path:
     for package in PACKAGES:
         copy_tree(REPO / package, root / package)
     copy_tree(spec.folder, root / "functions" / spec.name, spec)
+    write_compiled_spec(root / "functions" / spec.name)  # the cold start reads JSON, no TOML parser
     return root
 
 
