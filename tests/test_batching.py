@@ -1,12 +1,14 @@
-"""The micro-batcher under a steady set of callers keeps full batches instead of splitting
-them into cohorts that take turns with part batches. In-process on the real batcher and ONNX
-Runtime; each run is stretched by a sleep so that it is long against the loop's turns, as a
-real model's run is."""
+"""The micro-batcher at the two ends of the load: a lone caller's request runs on the event
+loop itself (no thread hand-offs), a burst that follows still merges, and a steady set of
+callers keeps full batches instead of splitting into cohorts that take turns with part
+batches. In-process on the real batcher and ONNX Runtime; each run is stretched by a sleep so
+that it is long against the loop's turns, as a real model's run is."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,16 +24,20 @@ from modelfn.registry import Registry
 
 
 class Timed:
-    """`fn.run` as the batcher calls it: at least `seconds` long, each run's rows kept."""
+    """`fn.run` as the batcher calls it: at least `seconds` long, each run's rows and thread kept."""
 
     def __init__(self, fn: ModelFunction, seconds: float) -> None:
         self.real, self.seconds = fn.run, seconds
-        self.sizes: list[int] = []
+        self.runs: list[tuple[int, int]] = []
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> Outputs:
-        self.sizes.append(len(feeds["x"]))
+        self.runs.append((len(feeds["x"]), threading.get_ident()))
         time.sleep(self.seconds)
         return self.real(feeds)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [rows for rows, _ in self.runs]
 
 
 def rows_function(tmp_path_factory: pytest.TempPathFactory, max_latency_ms: float) -> ModelFunction:
@@ -44,6 +50,46 @@ async def ask(batcher: MicroBatcher, request: int) -> None:
     rows = rows_of(request, 1)
     decoded = batcher.fn.decode(json.dumps({"x": rows.tolist()}).encode(), "application/json")
     np.testing.assert_array_equal((await batcher.submit(decoded))["total"], rows.sum(axis=1))
+
+
+def test_a_lone_caller_runs_on_the_loop_and_a_burst_after_it_still_merges(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    fn = rows_function(tmp_path_factory, max_latency_ms=50)
+    run = Timed(fn, 0.002)
+
+    async def scenario() -> int:
+        with ThreadPoolExecutor(2) as executor:
+            batcher = MicroBatcher(fn, executor)
+            batcher.fn = _Instrumented(fn, run)  # type: ignore[assignment]
+            for request in range(4):  # one caller, one request at a time
+                await ask(batcher, request)
+            await asyncio.gather(*(ask(batcher, 100 + i) for i in range(24)))
+            await batcher.close()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    lone, burst = run.runs[:4], run.runs[4:]
+    assert lone[0][1] != loop_thread  # how long a run takes is not known yet: a thread
+    assert [thread for _, thread in lone[1:]] == [loop_thread] * 3
+    assert sum(rows for rows, _ in burst) == 24 and max(rows for rows, _ in burst) > 1, run.sizes
+
+
+def test_a_run_longer_than_max_latency_never_holds_the_loop(tmp_path_factory: pytest.TempPathFactory) -> None:
+    fn = rows_function(tmp_path_factory, max_latency_ms=5)
+    run = Timed(fn, 0.02)
+
+    async def scenario() -> int:
+        with ThreadPoolExecutor(2) as executor:
+            batcher = MicroBatcher(fn, executor)
+            batcher.fn = _Instrumented(fn, run)  # type: ignore[assignment]
+            for request in range(4):
+                await ask(batcher, request)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert run.sizes == [1, 1, 1, 1]
+    assert loop_thread not in {thread for _, thread in run.runs}
 
 
 def closed_loop(fn: ModelFunction, run: Timed, callers: int, rounds: int) -> list[int]:
