@@ -1,7 +1,7 @@
 """Server throughput of sentence-embed under concurrent single-sentence requests, as a
-ratio to offline `session.run` measured in the same round (budget >= 0.9; with wrk, also p50 and
-p99, budget p99 <= 1.5x p50): at batch 32 for
-concurrency above 1, at batch 1 for concurrency 1. Micro-batching on and off. The four
+ratio to offline `session.run` measured in the same round (budget >= 0.9): at batch 32 for
+concurrency above 1, at batch 1 for concurrency 1; with wrk also p50 and p99 per round
+(budget: p99 <= 1.5x p50). Micro-batching on and off. The four
 variants take turns round by round (offline 32, offline 1, on, off, ...), so machine load
 hits all alike; medians and minimums over the rounds. Loopback only; asserts nothing.
 
