@@ -22,7 +22,12 @@ class HttpRequest:
     def __init__(self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
         self.method = method.upper()
         self.path = "/" + path.strip("/") if path not in ("", "/") else "/"
-        self.headers = {k.lower(): v for k, v in headers.items()} if headers else {}
+        if not headers:
+            self.headers = {}
+        elif all(map(str.islower, headers)):  # as API Gateway's HTTP APIs and Function URLs send them
+            self.headers = dict(headers)
+        else:
+            self.headers = {k.lower(): v for k, v in headers.items()}
         self.body = body
 
     def __repr__(self) -> str:

@@ -81,6 +81,16 @@ def test_the_key_is_checked_before_the_route_so_nothing_answers_but_401_without_
     assert service.handle(HttpRequest("GET", "/nowhere", {"x-api-key": KEY})).status == 404
 
 
+def test_request_header_names_are_lower_case_and_the_callers_dict_is_left_alone() -> None:
+    sent = {"Content-Type": "application/json", "X-Api-Key": "k"}
+    assert HttpRequest("POST", "/", sent).headers == {"content-type": "application/json", "x-api-key": "k"}
+    lower = {"content-type": "application/json", "x-modelfn-key": "7"}
+    request = HttpRequest("POST", "/", lower)
+    request.headers["x-api-key"] = "k"
+    assert request.headers["content-type"] == "application/json" and "x-api-key" not in lower
+    assert HttpRequest("GET", "/", {"1": "digits", "X": "y"}).headers == {"1": "digits", "x": "y"}
+
+
 def test_each_function_keeps_its_own_limit_under_the_platform_cap(registry: Registry) -> None:
     assert Service(registry).limit("rows") == int(0.001 * MB)
     assert Service(registry).limit("big") == 8 * MB

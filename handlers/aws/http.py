@@ -178,7 +178,13 @@ class FunctionUrl(HttpApiV2):
 
     @classmethod
     def recognise(cls, event: Any) -> bool:
-        return super().recognise(event) and ".lambda-url." in str(event["requestContext"].get("domainName", ""))
+        # the domain first: an HTTP API's event is told apart without a second look at its shape
+        context = event.get("requestContext") if isinstance(event, dict) else None
+        return (
+            isinstance(context, dict)
+            and ".lambda-url." in str(context.get("domainName", ""))
+            and super().recognise(event)
+        )
 
 
 class ApplicationLoadBalancer(HttpEvent):
