@@ -132,6 +132,8 @@ def test_plan_writes_an_app_folder_per_function(out: Path) -> None:
         assert (app / "functions" / name / "function.toml").is_file() and (
             app / "functions" / name / "model.onnx"
         ).is_file()
+        assert load_spec(app / "functions" / name).name == name  # read from function.toml.json
+        assert (app / "functions" / name / "function.toml.json").is_file()
         assert not list(app.rglob("__pycache__"))
         assert "local.settings.json" in (app / ".funcignore").read_text().split()
 

@@ -311,6 +311,7 @@ def test_deploy_script_builds_pushes_and_replaces_the_service(tmp_path: Path) ->
     dockerfile = (folder / "source" / "Dockerfile").read_text()
     assert "onnxruntime-gpu" in dockerfile and "ARG FUNCTION=embed-gpu\n" in dockerfile
     assert (folder / "source" / "functions" / "embed-gpu" / "function.toml").is_file()
+    assert (folder / "source" / "functions" / "embed-gpu" / "function.toml.json").is_file()  # read at cold start
     assert any(c.startswith("gcloud run services replace ") and ".service.yaml" in c for c in commands)
     triggers = [c for c in commands if c.startswith("gcloud eventarc triggers create")]
     assert len(triggers) == 2

@@ -15,7 +15,7 @@ from typing import Any
 
 from modelfn.deploy import dependencies, drift_alerts
 from modelfn.deploy.plan import Placement, function_files, require_built
-from modelfn.spec import FunctionSpec
+from modelfn.spec import FunctionSpec, write_compiled_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("modelfn", "handlers")
@@ -138,4 +138,5 @@ def write(spec: FunctionSpec, placement: Placement, out_dir: Path) -> list[Path]
     for package in PACKAGES:
         written.append(_copy_tree(ROOT / package, app / package))
     written.append(_copy_tree(spec.folder, app / "functions" / spec.name, spec))
+    write_compiled_spec(app / "functions" / spec.name)  # the cold start reads JSON, no TOML parser
     return written

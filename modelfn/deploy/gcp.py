@@ -37,7 +37,7 @@ from modelfn.deploy.plan import (
     function_files,
     require_built,
 )
-from modelfn.spec import FunctionSpec, GcsTrigger, TopicTrigger
+from modelfn.spec import FunctionSpec, GcsTrigger, TopicTrigger, write_compiled_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 8080
@@ -382,6 +382,7 @@ def _source_folder(spec: FunctionSpec, placement: Placement, source: Path) -> li
         )
 
     shutil.copytree(spec.folder, source / "functions" / spec.name, ignore=skipped)
+    write_compiled_spec(source / "functions" / spec.name)  # the cold start reads JSON, no TOML parser
     (source / "main.py").write_text(MAIN_PY.format(name=spec.name))
     (source / "requirements.txt").write_text("\n".join(requirements(spec)) + "\n")
     (source / "pyproject.toml").write_text(_pyproject())
