@@ -61,6 +61,17 @@ def test_single_item_gets_and_loses_a_batch_axis(tmp_path: Path) -> None:
     assert fn.predict(payload=[[1, 2, 3], [4, 5, 6]]) == {"y": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]}
 
 
+def test_a_functions_tensors_are_read_from_the_graph_as_values(tmp_path: Path) -> None:
+    from modelfn.session import TensorInfo
+
+    fn = _function(tmp_path, identity(TensorProto.FLOAT, ["batch", 3]))
+    (x,) = fn.inputs
+    assert x == TensorInfo("x", "tensor(float)", (None, 3)) and x != TensorInfo("x", "tensor(float)", (1, 3))
+    assert len({x, TensorInfo("x", "tensor(float)", (None, 3))}) == 1
+    assert repr(x) == "TensorInfo(name='x', type='tensor(float)', shape=(None, 3))"
+    assert (x.dtype, x.datatype, x.batched, x.fixed_axes) == (np.float32, "FP32", True, ((1, 3),))
+
+
 def test_fully_dynamic_axes(tmp_path: Path) -> None:
     fn = _function(tmp_path, identity(TensorProto.INT64, [None, None, None]))
     value = np.arange(24).reshape(2, 3, 4).tolist()
