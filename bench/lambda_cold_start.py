@@ -6,10 +6,10 @@ hits all alike. Prints medians, ratios to the bare script (budget: handler <= 1.
 peak memory (ru_maxrss of the process right after its first response). Never asserts.
 
 Every contender runs from a staged copy of the code with its bytecode precompiled
-(unchecked-hash pycs), as the CDK app ships it (`cdk/modelfn_cdk/assets.py`): /var/task is
-read-only, and without pycs each cold start would compile the toolkit from source, a cost
-no deployment pays. (With PYTHONDONTWRITEBYTECODE set, as on some CI machines, running
-from the checkout would measure exactly that.)
+(unchecked-hash pycs) and the function's spec beside it as JSON, as the CDK app ships it
+(`cdk/modelfn_cdk/assets.py`): /var/task is read-only, and without pycs each cold start would
+compile the toolkit from source, a cost no deployment pays. (With PYTHONDONTWRITEBYTECODE
+set, as on some CI machines, running from the checkout would measure exactly that.)
 
     python bench/lambda_cold_start.py [--runs 9]
 """
