@@ -337,6 +337,25 @@ def test_unknown_function_in_env_fails_loudly(monkeypatch: pytest.MonkeyPatch) -
         aws_lambda.handler(event("direct"), None)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("function", "on_lambda"), [("breast-cancer", True), ("breast-cancer", False), ("nope", True)])
+def test_init_leaves_the_collector_running_and_on_lambda_frozen(function: str, on_lambda: bool) -> None:
+    # the collector waits during the imports and the model load (cold start), never longer
+    code = (
+        "import gc\n"
+        "try:\n    import handlers.aws_lambda\nexcept Exception as exc:\n    print(type(exc).__name__)\n"
+        "else:\n    print('loaded')\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 0)"
+    )
+    env = {**os.environ, "MODELFN_FUNCTION": function, "MODELFN_FUNCTIONS_DIR": str(ROOT / "functions")}
+    env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
+    if on_lambda:
+        env["AWS_LAMBDA_FUNCTION_NAME"] = "modelfn-test"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    expected = "loaded" if function == "breast-cancer" else "NotFound"
+    assert out.stdout.splitlines()[-2:] == [expected, f"True {on_lambda}"]  # after the log lines on Lambda
+
+
 # direct invocation
 
 
