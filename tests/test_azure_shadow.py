@@ -80,7 +80,8 @@ def test_the_live_answer_queues_the_copy_and_the_shadow_trigger_runs_it(
         invoke(shadow_function, QueueMessage(id=message.id, body=message.content, dequeue_count=1))
     [line] = versions_lines(caplog)
     assert (line["role"], line["version"], line["status"]) == ("shadow", "3", 200)
-    assert 0.001 <= line["agreement"]["y"]["max_abs_diff"] <= 0.0021  # x1.001 against x1 or x2 of the input
+    gap = abs(FACTORS[version] - FACTORS["3"]) * np.max(ROW)  # x1.001 against the live x1 or x2
+    assert line["agreement"]["y"]["max_abs_diff"] == pytest.approx(gap, rel=1e-3)
 
 
 def test_without_a_shadow_queue_the_app_has_no_shadow_trigger(functions: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -89,7 +89,8 @@ def test_the_live_function_publishes_the_copy_and_the_shadow_function_runs_it(
             time.sleep(0.2)
         [line] = shadow_lines(shadow)
         assert (line["function"], line["version"], line["status"], line["error"]) == ("ab", "3", 200, False)
-        assert 0.001 <= line["agreement"]["y"]["max_abs_diff"] <= 0.0021  # x1.001 against x1 or x2 of the input
+        gap = abs(FACTORS[version] - FACTORS["3"]) * np.max(ROW)  # x1.001 against the live x1 or x2
+        assert line["agreement"]["y"]["max_abs_diff"] == pytest.approx(gap, rel=1e-3)
         assert shadow_lines(live) == []  # the live function ran no shadow
         assert [line["role"] for line in live.lines() if line.get("metric") == "modelfn.version"] == ["live"]
     finally:
