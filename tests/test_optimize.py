@@ -490,5 +490,5 @@ def test_optimised_sentence_embed_is_planned_and_synthesised_with_the_optimised_
     assert load_spec(shipped).model.source == spec.model.source
     assert not list(code.rglob("model.onnx")), "the original model must stay out of the Lambda's code"
     assert sorted(p.name for p in shipped.iterdir() if p.name != "__pycache__") == sorted(
-        ["build.py", "function.toml", "hooks.py", spec.model.source, "tokenizer.json"]
+        ["build.py", "function.toml", "function.toml.json", "hooks.py", spec.model.source, "tokenizer.json"]
     )
