@@ -10,6 +10,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -52,23 +53,32 @@ async def ask(batcher: MicroBatcher, request: int) -> None:
     np.testing.assert_array_equal((await batcher.submit(decoded))["total"], rows.sum(axis=1))
 
 
+def drive(fn: ModelFunction, run: Timed, calls: Callable[[MicroBatcher], Awaitable[None]]) -> int:
+    """`calls` made on a batcher whose runs go through `run`; returns the event loop's thread."""
+
+    async def scenario() -> int:
+        with ThreadPoolExecutor(2) as executor:
+            batcher = MicroBatcher(fn, executor)
+            batcher.fn = _Instrumented(fn, run)  # type: ignore[arg-type,assignment]
+            await calls(batcher)
+            await batcher.close()
+        return threading.get_ident()
+
+    return asyncio.run(scenario())
+
+
 def test_a_lone_caller_runs_on_the_loop_and_a_burst_after_it_still_merges(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     fn = rows_function(tmp_path_factory, max_latency_ms=50)
     run = Timed(fn, 0.002)
 
-    async def scenario() -> int:
-        with ThreadPoolExecutor(2) as executor:
-            batcher = MicroBatcher(fn, executor)
-            batcher.fn = _Instrumented(fn, run)  # type: ignore[assignment]
-            for request in range(4):  # one caller, one request at a time
-                await ask(batcher, request)
-            await asyncio.gather(*(ask(batcher, 100 + i) for i in range(24)))
-            await batcher.close()
-        return threading.get_ident()
+    async def calls(batcher: MicroBatcher) -> None:
+        for request in range(4):  # one caller, one request at a time
+            await ask(batcher, request)
+        await asyncio.gather(*(ask(batcher, 100 + i) for i in range(24)))
 
-    loop_thread = asyncio.run(scenario())
+    loop_thread = drive(fn, run, calls)
     lone, burst = run.runs[:4], run.runs[4:]
     assert lone[0][1] != loop_thread  # how long a run takes is not known yet: a thread
     assert [thread for _, thread in lone[1:]] == [loop_thread] * 3
@@ -79,15 +89,11 @@ def test_a_run_longer_than_max_latency_never_holds_the_loop(tmp_path_factory: py
     fn = rows_function(tmp_path_factory, max_latency_ms=5)
     run = Timed(fn, 0.02)
 
-    async def scenario() -> int:
-        with ThreadPoolExecutor(2) as executor:
-            batcher = MicroBatcher(fn, executor)
-            batcher.fn = _Instrumented(fn, run)  # type: ignore[assignment]
-            for request in range(4):
-                await ask(batcher, request)
-        return threading.get_ident()
+    async def calls(batcher: MicroBatcher) -> None:
+        for request in range(4):
+            await ask(batcher, request)
 
-    loop_thread = asyncio.run(scenario())
+    loop_thread = drive(fn, run, calls)
     assert run.sizes == [1, 1, 1, 1]
     assert loop_thread not in {thread for _, thread in run.runs}
 
@@ -101,14 +107,10 @@ def closed_loop(fn: ModelFunction, run: Timed, callers: int, rounds: int) -> lis
             await ask(batcher, round_ * 100 + index)
             await asyncio.sleep(index * 0.0005)
 
-    async def scenario() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            batcher = MicroBatcher(fn, executor)
-            batcher.fn = _Instrumented(fn, run)  # type: ignore[assignment]
-            await asyncio.gather(*(client(batcher, i) for i in range(callers)))
-            await batcher.close()
+    async def calls(batcher: MicroBatcher) -> None:
+        await asyncio.gather(*(client(batcher, i) for i in range(callers)))
 
-    asyncio.run(scenario())
+    drive(fn, run, calls)
     return run.sizes
 
 
