@@ -50,6 +50,7 @@ class App:
         method, path = scope["method"], normalise(scope["path"])
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         started = time.perf_counter()
+        admitted = None
         try:
             admitted = self.service.admit(method, path, headers)
             route, params = admitted
@@ -64,7 +65,8 @@ class App:
             response = await self.service.handle_async(HttpRequest(method, path, headers, body), admitted)
         await respond(send, response, head=method == "HEAD")
         if self.service.metrics is not None:
-            self.service.metrics.request(method, path, response, time.perf_counter() - started)
+            matched = admitted[0] if admitted is not None else None
+            self.service.metrics.request(method, path, response, time.perf_counter() - started, matched)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:

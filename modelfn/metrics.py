@@ -19,6 +19,7 @@ from modelfn.routes import function_of, match
 if TYPE_CHECKING:
     from modelfn.drift import DriftReport
     from modelfn.http import HttpResponse
+    from modelfn.routes import Route
     from modelfn.service import Service
 
 log = logging.getLogger("modelfn")
@@ -83,23 +84,35 @@ class ServerMetrics(Reporter):
         self.drift_rows = Counter("modelfn_drift_rows", "Rows counted for drift", ["function"], registry=r)
         self.drift_windows = Counter("modelfn_drift_windows", "Drift windows reported", ["function"], registry=r)
         self.otlp = OtlpMirror.from_env()
+        # the labelled series each answer counts in, by (function, route, status): prometheus_client
+        # checks and looks up label values on every `labels()` call, ~5 us of each request
+        self._labelled: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def request(self, method: str, path: str, response: HttpResponse, seconds: float) -> None:
+    def request(
+        self, method: str, path: str, response: HttpResponse, seconds: float, route: Route | None = None
+    ) -> None:
+        """One answer; `route` when the caller has matched it already."""
         name = function_of(path)
         function = name if name in self.functions else ""
-        try:
-            route = match(method, path)[0].template
-        except ModelfnError:
-            route = "unmatched"
-        status = str(response.status)
-        self.requests.labels(function, route, status).inc()
-        self.latency.labels(function, route).observe(seconds)
+        if route is None:
+            try:
+                route = match(method, path)[0]
+            except ModelfnError:
+                route = None
+        template = route.template if route is not None else "unmatched"
+        status = response.status
+        labelled = self._labelled.get((function, template, status))
+        if labelled is None:  # bounded: the server's functions, the route table, the statuses it answers
+            labelled = (self.requests.labels(function, template, str(status)), self.latency.labels(function, template))
+            self._labelled[(function, template, status)] = labelled
+        labelled[0].inc()
+        labelled[1].observe(seconds)
         code = ""
-        if response.status >= 400:
+        if status >= 400:
             code = str(response.body.get("code", "")) if isinstance(response.body, dict) else ""
-            self.errors.labels(function, status, code).inc()
+            self.errors.labels(function, str(status), code).inc()
         if self.otlp is not None:
-            self.otlp.request(function, route, status, code, seconds)
+            self.otlp.request(function, template, str(status), code, seconds)
 
     def batch(self, function: str, rows: int) -> None:
         self.batch_size.labels(function).observe(rows)
