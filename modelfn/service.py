@@ -44,18 +44,28 @@ counted), so a slow shadow version or a busy server cannot pile work up behind t
 
 class Inference:
     """A request decoded and ready to run: the function, its feeds, and how to turn the
-    outputs into the answer. Each driver runs it its own way (directly or batched)."""
+    outputs into the answer (by default the function's own codec, as an HTTP answer). Each
+    driver runs it its own way (directly or batched)."""
 
-    __slots__ = ("decoded", "finish", "fn", "outputs")
+    __slots__ = ("_finish", "decoded", "fn", "outputs")
 
-    def __init__(self, fn: ModelFunction, decoded: Decoded, finish: Callable[[Outputs], Any]) -> None:
+    def __init__(self, fn: ModelFunction, decoded: Decoded, finish: Callable[[Outputs], Any] | None = None) -> None:
         self.fn = fn
         self.decoded = decoded
-        self.finish = finish
+        self._finish = finish
         self.outputs: Outputs | None = None
+
+    def finish(self, outputs: Outputs) -> Any:
+        if self._finish is None:
+            return HttpResponse(200, self.fn.encode(outputs, self.decoded))
+        return self._finish(outputs)
 
     def run(self) -> Any:
         return self.finish(self.fn.run(self.decoded.feeds))
+
+
+_OPERATIONS = {r.operation: "_" + r.operation for r in ROUTES}
+"""Each route's operation, as the Service method's name (made once, not per request)."""
 
 
 class Service:
@@ -78,6 +88,8 @@ class Service:
         configured = float(os.environ.get("MODELFN_MAX_BODY_MB") or 0)
         self.max_body_bytes = max_body_bytes or (int(configured * MB) if configured else None)
         self.platform_limit_bytes = platform_limit_bytes
+        self._limits: dict[str | None, int] = {}
+        """`limit` per name, worked out on first use (specs and settings are fixed once served)."""
         self.batchers: dict[str, MicroBatcher] = {}
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent merged batch sizes, for metrics and tests
         self._executor: ThreadPoolExecutor | None = None
@@ -103,6 +115,15 @@ class Service:
 
     def limit(self, name: str | None) -> int:
         """The largest body `name` accepts here; for an unknown name, the largest of any."""
+        try:
+            return self._limits[name]
+        except KeyError:
+            found = self._limit(name)
+            if name is None or name in self.registry.specs:  # not one entry per name a client makes up
+                self._limits[name] = found
+            return found
+
+    def _limit(self, name: str | None) -> int:
         spec = self.registry.specs.get(name) if name else None
         if self.max_body_bytes is not None:
             limit = self.max_body_bytes
@@ -124,14 +145,17 @@ class Service:
         serving = outcome = None
         try:
             route, params = self.admit(request.method, request.path, request.headers)
-            serving = self._serving(route, params, request)
-            outcome = getattr(self, "_" + route.operation)(request, **params)
-            response = self._complete(outcome) if isinstance(outcome, Inference) else outcome
+            if route.body is None:
+                response = getattr(self, _OPERATIONS[route.operation])(request, **params)
+            else:  # an inference: its function is resolved once, with the version that answers
+                fn, serving = self._serving(params, request)
+                outcome = getattr(self, _OPERATIONS[route.operation])(request, fn)
+                response = self._complete(outcome)
         except Exception as exc:
             response = self._failure(exc, request)
         if serving is not None:
             serving.finish(response.status, response.headers)
-            if serving.shadow is not None and isinstance(outcome, Inference) and outcome.outputs is not None:
+            if serving.shadow is not None and outcome is not None and outcome.outputs is not None:
                 self._shadow_copy(serving, _request_source(route, request), outcome.outputs)  # see the README
         return response  # type: ignore[no-any-return]
 
@@ -155,16 +179,18 @@ class Service:
         serving = outputs = None
         try:
             route, params = admitted or self.admit(request.method, request.path, request.headers)
-            operation = getattr(self, "_" + route.operation)
+            operation = getattr(self, _OPERATIONS[route.operation])
             name = params.get("name")
             if name and name not in self.registry.loaded and name in self.registry.specs:
                 await asyncio.to_thread(self._load_quietly, name)
-            serving = self._serving(route, params, request)
             heavy = len(request.body) > OFFLOAD_BYTES
-            outcome = await asyncio.to_thread(operation, request, **params) if heavy else operation(request, **params)
-            if not isinstance(outcome, Inference):
-                response: HttpResponse = outcome
+            if route.body is None:
+                response: HttpResponse = (
+                    await asyncio.to_thread(operation, request, **params) if heavy else operation(request, **params)
+                )
             else:
+                fn, serving = self._serving(params, request)
+                outcome = await asyncio.to_thread(operation, request, fn) if heavy else operation(request, fn)
                 outputs = await self.outputs_async(outcome.fn, outcome.decoded)
                 if heavy:
                     response = await asyncio.to_thread(_finished, outcome, outputs)
@@ -296,16 +322,13 @@ class Service:
 
     # -- the route operations, named in modelfn.routes.ROUTES ---------------------------
 
-    def _predict(self, request: HttpRequest, name: str, version: str | None = None) -> Inference:
-        fn = self._version(name, version)
-        check_size(request.body, self.limit(name))
-        decoded = fn.decode(request.body, request.content_type)
-        return Inference(fn, decoded, lambda outputs: HttpResponse(200, fn.encode(outputs, decoded)))
+    def _predict(self, request: HttpRequest, fn: ModelFunction) -> Inference:
+        check_size(request.body, self.limit(fn.name))
+        return Inference(fn, fn.decode(request.body, request.content_type))
 
-    def _infer(self, request: HttpRequest, name: str, version: str | None = None) -> Inference:
+    def _infer(self, request: HttpRequest, fn: ModelFunction) -> Inference:
         """JSON, or the binary tensor extension when `Inference-Header-Content-Length` is sent."""
-        fn = self._version(name, version)
-        check_size(request.body, self.limit(name))
+        check_size(request.body, self.limit(fn.name))
         header_length = request.headers.get(protocol.HEADER_LENGTH)
         infer = protocol.decode_body(request.body, header_length, fn.inputs, fn.spec.io.nan_policy, outputs=fn.outputs)
 
@@ -339,7 +362,7 @@ class Service:
         return HttpResponse(200, {"name": "modelfn", "version": __version__, "extensions": list(protocol.EXTENSIONS)})
 
     def _model_metadata(self, request: HttpRequest, name: str, version: str | None = None) -> HttpResponse:
-        fn = self._version(name, version)
+        fn = self.registry.traffic(name).get(version) if version else self.function(name)
         metadata = fn.metadata()
         metadata["versions"] = self.registry.traffic(name).names
         return HttpResponse(200, metadata)
@@ -382,21 +405,16 @@ class Service:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _version(self, name: str, version: str | None) -> ModelFunction:
-        return self.registry.traffic(name).get(version) if version else self.function(name)
-
-    def _serving(self, route: Route, params: dict[str, str], request: HttpRequest) -> Serving | None:
+    def _serving(self, params: dict[str, str], request: HttpRequest) -> tuple[ModelFunction, Serving | None]:
         """For an inference route, the version that answers: the one the path names, else the
-        traffic policy's pick (sticky by `x-modelfn-key`), with a shadow copy on the latter only."""
-        if route.body is None:
-            return None
+        traffic policy's pick (sticky by `x-modelfn-key`), with a shadow copy on the latter only;
+        and how the answer is recorded (None for a function with one model)."""
         versions = self.registry.traffic(params["name"])
         named = params.get("version")
         if not versions.versioned:  # one model: nothing to choose, copy or count per version
-            return None
+            return (versions.get(named) if named else versions.functions[versions.default]), None
         fn = versions.get(named) if named else versions.choose(header_key(request.headers))
-        params["version"] = fn.version
-        return Serving(versions, fn, shadow=named is None)
+        return fn, Serving(versions, fn, shadow=named is None)
 
     def _shadow_copy(self, serving: Serving, source: ShadowInput, live: Outputs) -> None:
         """The sync driver's shadow copy, after the answer: run here, or sent to the shadow's own
