@@ -345,3 +345,21 @@ def test_image_formats_beyond_the_listed_ones_are_not_opened(body: bytes, messag
     fn = ModelFunction(load_spec(FUNCTIONS / "digits"))
     with pytest.raises(BadRequest, match=message):
         fn.predict(body=body, content_type="image/png")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 2, 64, 65, 1000])
+def test_finiteness_is_told_alike_for_small_and_large_arrays(dtype: type, size: int) -> None:
+    from modelfn.tensors import all_finite, to_json
+
+    largest = float(np.finfo(dtype).max)
+    for bad in (None, float("nan"), float("inf"), -float("inf")):
+        values = np.full(size, largest, dtype=dtype)  # finite values whose sum overflows their own type
+        if bad is not None:
+            values[size // 2] = bad
+        for array in (values, values.reshape(1, -1)):
+            assert all_finite(array) is (bad is None)
+            expected = [None if not np.isfinite(v) else float(v) for v in values.tolist()]
+            assert to_json(array) == (expected if array.ndim == 1 else [expected])
+    assert to_json(np.array(largest, dtype=dtype)) == largest
+    assert to_json(np.array(float("nan"), dtype=dtype)) is None
