@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import io
 import json
 import re
@@ -131,8 +130,10 @@ def parse_json(body: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
         # body holds the GIL, so the server's event loop, that much less); what it refuses (NaN
         # tokens, bad input) the standard parser decides and words. Not for integers past 64
         # bits, which it would turn into floats: those are refused exactly.
-        with contextlib.suppress(orjson.JSONDecodeError):
+        try:  # not contextlib.suppress: a context manager per request costs ~0.4 us
             return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(body)
     except UnicodeDecodeError as exc:
@@ -165,7 +166,7 @@ class Codec:
 
     def parse(self, body: bytes, content_type: str | None) -> Any:
         """The payload object for a raw HTTP body, by its content type."""
-        kind = media_type(content_type)
+        kind = JSON_TYPES[0] if content_type == JSON_TYPES[0] else media_type(content_type)  # the usual one, as is
         if kind in JSON_TYPES or kind.endswith("+json") or (not kind and JSON_TYPES[0] in self.media_types):
             return parse_json(body)
         if kind in self.media_types:

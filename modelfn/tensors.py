@@ -141,8 +141,13 @@ def all_finite(array: np.ndarray | np.generic) -> bool:
 def _shaped(array: np.ndarray, info: TensorInfo) -> np.ndarray:
     if info.shape is None:
         return array
-    if array.ndim == len(info.shape) and all(array.shape[axis] == dim for axis, dim in info.fixed_axes):
-        return array
+    if array.ndim == len(info.shape):
+        shape = array.shape
+        for axis, dim in info.fixed_axes:  # a loop, not all() of a generator: ~0.2 us a request
+            if shape[axis] != dim:
+                break
+        else:
+            return array
     if array.ndim != len(info.shape):
         raise InvalidInput(
             f"input {info.name!r}: expected rank {len(info.shape)} ({_expected(info)}), got shape {list(array.shape)}",
