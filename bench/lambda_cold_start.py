@@ -40,13 +40,13 @@ IMPORT_COSTS = {
     "Powertools event_handler (APIGatewayHttpResolver)": "aws_lambda_powertools.event_handler",
     "Powertools batch (SQS path only)": "aws_lambda_powertools.utilities.batch",
     "boto3 (S3/SQS/SNS paths only)": "boto3",
-    "mangum + FastAPI app (asgi_handler only)": "mangum, handlers.cloud_run",
+    "mangum + the ASGI app (asgi_handler only)": "mangum, handlers.cloud_run",
 }
 
 CONTENDERS = {
     "bare script": ("bench.bare_lambda.handler", {}),
     "modelfn handler": ("handlers.aws_lambda.handler", {"MODELFN_FUNCTION": "breast-cancer"}),
-    "modelfn asgi_handler (Mangum + FastAPI)": (
+    "modelfn asgi_handler (Mangum + the ASGI app)": (
         "handlers.aws_lambda.asgi_handler",
         {"MODELFN_FUNCTION": "breast-cancer"},
     ),
@@ -107,7 +107,7 @@ def import_cost(modules: str, runs: int, root: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=9)
-    parser.add_argument("--no-asgi", action="store_true", help="skip the Mangum + FastAPI contender")
+    parser.add_argument("--no-asgi", action="store_true", help="skip the Mangum contender")
     parser.add_argument("--no-imports", action="store_true", help="skip the import-cost table")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="modelfn-cold-") as staging:
