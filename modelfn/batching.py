@@ -237,9 +237,10 @@ class MicroBatcher:
                     await self._one_by_one(group)
                     continue
                 parts = [exc]  # type: ignore[list-item]
+            rows = sum(p.rows for p in group)
             if self.on_batch:
-                self.on_batch(sum(p.rows for p in group))
-            self.callers = sum(p.rows for p in group) + self.waiting_rows
+                self.on_batch(rows)
+            self.callers = rows + self.waiting_rows
             for pending, part in zip(group, parts, strict=True):
                 if pending.future.done():
                     continue
@@ -253,14 +254,10 @@ class MicroBatcher:
         return self._run_model(self.fn.codec.feeds(texts))  # type: ignore[attr-defined]
 
     def _run_model(self, feeds: Feeds) -> Outputs:
-        started = time.perf_counter()
-        if self.model_turn is None:
+        with self.model_turn or contextlib.nullcontext():
+            started = time.perf_counter()
             outputs = self.fn.run(feeds)
-        else:
-            with self.model_turn:
-                started = time.perf_counter()
-                outputs = self.fn.run(feeds)
-        self.last_run_s = time.perf_counter() - started
+            self.last_run_s = time.perf_counter() - started  # the run alone, not the wait for its turn
         return outputs
 
     async def _one_by_one(self, group: list[_Pending]) -> None:

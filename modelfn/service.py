@@ -362,9 +362,10 @@ class Service:
         return HttpResponse(200, {"name": "modelfn", "version": __version__, "extensions": list(protocol.EXTENSIONS)})
 
     def _model_metadata(self, request: HttpRequest, name: str, version: str | None = None) -> HttpResponse:
-        fn = self.registry.traffic(name).get(version) if version else self.function(name)
+        versions = self.registry.traffic(name)
+        fn = versions.get(version) if version else self.function(name)
         metadata = fn.metadata()
-        metadata["versions"] = self.registry.traffic(name).names
+        metadata["versions"] = versions.names
         return HttpResponse(200, metadata)
 
     def _model_ready(self, request: HttpRequest, name: str, version: str | None = None) -> HttpResponse:
