@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from modelfn.cache import PredictionCache
     from modelfn.codecs import Feeds
     from modelfn.drift import DriftMonitor, DriftReport
@@ -126,8 +128,9 @@ class Monitor:
     def _build(self, fn: ModelFunction) -> Watched | None:
         spec = fn.spec
         drift = cache = None
-        if spec.drift.enabled and (spec.folder / spec.drift.profile).is_file():
-            drift = self._drift(fn)
+        profile = spec.drift_profile()
+        if profile is not None:
+            drift = self._drift(fn, profile)
         if spec.cache.enabled:
             from modelfn.cache import PredictionCache, model_digest
 
@@ -136,11 +139,10 @@ class Monitor:
             return None
         return Watched(fn.name, cache, drift, self)
 
-    def _drift(self, fn: ModelFunction) -> DriftMonitor | None:
+    def _drift(self, fn: ModelFunction, path: Path) -> DriftMonitor | None:
         from modelfn.drift import DriftMonitor
         from modelfn.profile import Profile
 
-        path = fn.spec.folder / fn.spec.drift.profile
         try:
             profile = Profile.load(path)
         except (OSError, ValueError, KeyError, TypeError) as exc:

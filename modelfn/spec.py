@@ -458,6 +458,12 @@ class FunctionSpec:
         found.extend(self.traffic_problems())
         return found
 
+    def drift_profile(self) -> Path | None:
+        """The drift profile this function ships when drift is on, else None: what decides the
+        drift counting at run time and the drift alarm or alert on every provider."""
+        path = self.folder / self.drift.profile
+        return path if self.drift.enabled and path.is_file() else None
+
     def traffic_problems(self) -> list[str]:
         names = self.model.version_names
         named = [(f"traffic.weights.{v}", v) for v in self.traffic.weights]

@@ -367,7 +367,7 @@ def test_no_profile_no_drift_alert(tmp_path: Path, functions: Path) -> None:
     shutil.copytree(functions / "breast-cancer", folder)
     (folder / "profile.json").unlink()
     spec = load_spec(folder)
-    assert not drift_alerts.alerted(spec)
+    assert spec.drift_profile() is None
     gcp.write(spec, place(spec, "gcp"), tmp_path / "gcp")
     assert not (tmp_path / "gcp" / "breast-cancer" / "drift-metric.yaml").exists()
     assert "monitoring policies" not in (tmp_path / "gcp" / "breast-cancer" / "deploy.sh").read_text()

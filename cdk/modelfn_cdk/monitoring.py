@@ -70,7 +70,7 @@ def add_drift_alarm(stack: Stack, spec: FunctionSpec, topic_arn: str | None) -> 
     """An alarm on the largest input PSI of a window (`DriftPSIMax`, EMF from the function),
     for a function that ships a drift profile. Not a rollout alarm: drift is the traffic's,
     not the new version's."""
-    if not spec.drift.enabled or not (spec.folder / spec.drift.profile).is_file():
+    if spec.drift_profile() is None:
         return None
     metric = cloudwatch.Metric(
         namespace="modelfn",

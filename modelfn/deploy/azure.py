@@ -128,7 +128,7 @@ def write(spec: FunctionSpec, placement: Placement, out_dir: Path) -> list[Path]
     if spec.traffic.shadow:
         function_id = spec.name.replace("-", "_") + "_shadow"  # as handlers.azure_functions names it
         files["README.md"] += SHADOW_README.format(name=spec.name, version=spec.traffic.shadow, function_id=function_id)
-    if drift_alerts.alerted(spec):
+    if spec.drift_profile() is not None:
         files["drift-alert.json"] = json.dumps(drift_alerts.arm_template(spec), indent=2) + "\n"
         files["README.md"] += drift_alerts.azure_readme(spec)
     written = []

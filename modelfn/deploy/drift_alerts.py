@@ -25,11 +25,6 @@ ARM_SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentT
 SCHEDULED_QUERY_API = "2021-08-01"
 
 
-def alerted(spec: FunctionSpec) -> bool:
-    """The CDK's condition for DriftAlarm: drift on and a profile shipped with the function."""
-    return spec.drift.enabled and (spec.folder / spec.drift.profile).is_file()
-
-
 def _description(spec: FunctionSpec) -> str:
     return f"{spec.name}: input drift, a feature's PSI at or above {spec.drift.alarm_psi}"
 

@@ -353,7 +353,7 @@ def write(spec: FunctionSpec, placement: Placement, out_dir: Path) -> list[Path]
         from modelfn.deploy import gcp_batch
 
         written += gcp_batch.write(spec, placement, folder, project, region, header)
-    if drift_alerts.alerted(spec):
+    if spec.drift_profile() is not None:
         services = drift_alerts.services(spec, on_run, bool(eventarc), functions)
         written += drift_alerts.write_gcp(spec, folder, header, services)
     written += _source_folder(spec, placement, folder / "source")
@@ -468,6 +468,6 @@ def deploy_script(
         from modelfn.deploy import gcp_batch
 
         lines += gcp_batch.deploy_lines(spec)
-    if drift_alerts.alerted(spec):
+    if spec.drift_profile() is not None:
         lines += drift_alerts.gcp_deploy_lines(spec)
     return "\n".join(lines) + "\n"
