@@ -26,11 +26,11 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 
 from modelfn import cron
+from modelfn.batch.aws import OUTPUT  # the stack output `modelfn batch --on aws` reads
 from modelfn.spec import BatchSpec, FunctionSpec
 from modelfn_cdk.access import read_prefix, s3_arn, s3_uri_parts, write_prefix
 from modelfn_cdk.nag import acknowledge, resource_finding
 
-OUTPUT = "BatchStateMachineArn"  # modelfn.batch.aws reads this stack output
 FAILED = "BatchItemsFailed"  # handlers.aws.bulk raises it when objects got no output
 
 

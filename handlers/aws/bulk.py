@@ -37,6 +37,7 @@ class DistributedMapBatch(EventKind):
         return isinstance(given, dict) and all(isinstance(given.get(k), str) for k in ("bucket", "prefix", "output"))
 
     def serve(self, event: Any, context: Any) -> dict[str, Any]:
+        from handlers.aws import clients
         from modelfn.batch import job  # the shared bulk code, loaded by this path only
         from modelfn.batch.scoring import Scorer
         from modelfn.batch.stores import Entry, S3Store, open_store
@@ -55,7 +56,8 @@ class DistributedMapBatch(EventKind):
                 outside.append(key)
                 continue
             entries.append(Entry(key[len(prefix) :], int(item.get("Size") or 0)))
-        source, target = S3Store(bucket, prefix), open_store(given["output"])
+        s3 = clients.client("s3")  # the process's own, not two new ones per invocation
+        source, target = S3Store(bucket, prefix, s3), open_store(given["output"], s3_client=s3)
         report = job.run(Scorer(self.app.function()), source, target, progress=False, entries=entries)
         failed = [(f"s3://{bucket}/{prefix}{name}", why) for name, why in report.failed_files]
         failed += [(f"s3://{bucket}/{key}", f"not below the prefix {prefix!r}") for key in outside]

@@ -31,7 +31,8 @@ class Store(Protocol):
     def put_file(self, name: str, path: Path) -> None: ...
 
 
-def open_store(uri: str) -> Store:
+def open_store(uri: str, s3_client: Any = None) -> Store:
+    """The store for a folder or a bucket prefix; `s3_client`, a boto3 client to reuse for s3://."""
     scheme, sep, rest = uri.partition("://")
     if not sep or scheme == "file":
         return LocalStore(Path(rest if sep else uri))
@@ -41,7 +42,7 @@ def open_store(uri: str) -> Store:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     if scheme == "s3":
-        return S3Store(bucket, prefix)
+        return S3Store(bucket, prefix, s3_client)
     if scheme == "gs":
         return GcsStore(bucket, prefix)
     if scheme == "az":
@@ -90,12 +91,14 @@ class S3Store:
     """boto3, with its usual credentials and $AWS_ENDPOINT_URL; an upload (multipart or not)
     appears whole or not at all."""
 
-    def __init__(self, bucket: str, prefix: str) -> None:
-        import boto3
-
+    def __init__(self, bucket: str, prefix: str, client: Any = None) -> None:
         self.bucket, self.prefix = bucket, prefix
         self.uri = f"s3://{bucket}/{prefix}"
-        self.client: Any = boto3.client("s3")
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3")
+        self.client: Any = client
 
     def list(self) -> list[Entry]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
