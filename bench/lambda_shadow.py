@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.lambda_warm import per_call  # noqa: E402
+from bench.load import free_port  # noqa: E402
 
 TARGET = "arn:aws:lambda:us-east-1:123456789012:function:cancer-ab-shadow:shadow"
 
@@ -71,12 +71,6 @@ class Accepted(BaseHTTPRequestHandler):
 
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Accepted).serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(url: str) -> None:

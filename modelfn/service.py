@@ -443,7 +443,7 @@ class Service:
         import asyncio
 
         if len(self._shadow_queue) >= SHADOW_BACKLOG:
-            shadow_dropped(shadow)
+            shadow_dropped(shadow.name, shadow.version)
             return
         self._shadow_queue.append((shadow, decode, live, heavy))
         if self._lane is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from modelfn.traffic import shadow_done, shadow_failed
+from modelfn.traffic import run_shadow
 
 MARKER = "modelfn_shadow_copy"
 """The key a shadow-copy message carries at its top level (its format version as value); event
@@ -118,7 +118,6 @@ def is_shadow_copy(message: Any) -> bool:
 def run_copy(registry: Any, copy: ShadowCopy) -> None:
     """The receiving side: the shadow version reads the same input, runs, and its agreement with
     the live answer is recorded (metrics, logs); nothing is answered to anyone."""
-    started = time.perf_counter()
     try:
         shadow = registry.traffic(copy.function).get(copy.version)
     except Exception as exc:  # a copy for a version this deployment lacks: logged, not retried
@@ -128,12 +127,7 @@ def run_copy(registry: Any, copy: ShadowCopy) -> None:
             "shadow copy for %s version %s not run: %s", copy.function, copy.version, exc
         )
         return
-    try:
-        outputs = shadow.run(copy.input.feeds(shadow))
-    except Exception as exc:
-        shadow_failed(shadow, exc, started)
-        return
-    shadow_done(shadow, copy.live, outputs, started)
+    run_shadow(shadow, copy.input.feeds, copy.live)
 
 
 def _tensor(value: Any) -> dict[str, Any]:

@@ -141,16 +141,20 @@ class Serving:
     def shadow_run(self, decode: Callable[[ModelFunction], dict[str, Any]], live: Outputs) -> None:
         """Decode the same request for the shadow, run it, compare it with the live outputs and
         record all of it; whatever the shadow does, nothing reaches the caller."""
-        shadow = self.shadow
-        if shadow is None:
-            return
-        started = time.perf_counter()
-        try:
-            outputs = shadow.run(decode(shadow))
-        except Exception as exc:
-            shadow_failed(shadow, exc, started)
-            return
-        shadow_done(shadow, live, outputs, started)
+        if self.shadow is not None:
+            run_shadow(self.shadow, decode, live)
+
+
+def run_shadow(shadow: ModelFunction, decode: Callable[[ModelFunction], dict[str, Any]], live: Outputs) -> None:
+    """The shadow version reads the request (`decode`), runs, and its agreement with the live
+    outputs or its failure is recorded; nothing is raised."""
+    started = time.perf_counter()
+    try:
+        outputs = shadow.run(decode(shadow))
+    except Exception as exc:
+        shadow_failed(shadow, exc, started)
+        return
+    shadow_done(shadow, live, outputs, started)
 
 
 def shadow_done(shadow: ModelFunction, live: Outputs, outputs: Outputs, started: float) -> None:
@@ -172,9 +176,10 @@ def shadow_failed(shadow: ModelFunction, exc: BaseException, started: float) -> 
     record(Observation(shadow.name, shadow.version, "shadow", ms, status, True))
 
 
-def shadow_dropped(shadow: ModelFunction) -> None:
-    """A copy not taken: the async driver already has its fill of shadow copies in flight."""
-    record(Observation(shadow.name, shadow.version, "shadow", 0.0, DROPPED, True))
+def shadow_dropped(function: str, version: str) -> None:
+    """A copy not run: the async driver's queue of copies is full, or a provider's sink could
+    not send it to the shadow's own invocation."""
+    record(Observation(function, version, "shadow", 0.0, DROPPED, True))
 
 
 def _reason(exc: BaseException) -> str:

@@ -68,13 +68,13 @@ class LambdaShadowSink:
     def _lost(
         self, copy: ShadowCopy, metric: str, message: str, exc: BaseException | None = None, **extra: Any
     ) -> None:
-        from modelfn.observations import DROPPED, Observation, record
+        from modelfn.traffic import shadow_dropped
 
         self.telemetry.metric(metric, 1)
         if exc is not None:
             extra.update(error=str(exc)[:300], error_type=type(exc).__name__)
         self.telemetry.warning(message, target=self.target, shadow_version=copy.version, **extra)
-        record(Observation(copy.function, copy.version, "shadow", 0.0, DROPPED, True))
+        shadow_dropped(copy.function, copy.version)
 
 
 class ShadowCopyKind(EventKind):

@@ -55,10 +55,10 @@ class QueueShadowSink:
                 raise ValueError(f"{len(data)} bytes, over the queue's {MESSAGE_LIMIT} byte message limit")
             self.client.send_message(data.decode())
         except Exception as exc:
-            from modelfn.observations import DROPPED, Observation, record
+            from modelfn.traffic import shadow_dropped
 
             log.warning("shadow copy not sent to queue %s: %s: %s", self.queue, type(exc).__name__, str(exc)[:300])
-            record(Observation(copy.function, copy.version, "shadow", 0.0, DROPPED, True))
+            shadow_dropped(copy.function, copy.version)
 
 
 def add_shadow(app: func.FunctionApp | func.AsgiFunctionApp, served: "ServedFunction", function_id: str) -> None:

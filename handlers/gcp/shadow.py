@@ -49,10 +49,10 @@ class PubSubShadowSink:
 
 
 def dropped(copy: ShadowCopy, message: str, exc: BaseException) -> None:
-    from modelfn.observations import DROPPED, Observation, record
+    from modelfn.traffic import shadow_dropped
 
     log.warning("%s: %s: %s", message, type(exc).__name__, str(exc)[:300])
-    record(Observation(copy.function, copy.version, "shadow", 0.0, DROPPED, True))
+    shadow_dropped(copy.function, copy.version)
 
 
 def is_copy(attributes: dict[str, Any]) -> bool:
