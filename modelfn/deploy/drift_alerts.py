@@ -36,6 +36,11 @@ def metric_name(spec: FunctionSpec) -> str:
     return f"modelfn-{spec.name}-drifted-windows"
 
 
+def display_name(spec: FunctionSpec) -> str:
+    """The alert's name on both clouds; deploy.sh finds an existing Google policy by it."""
+    return f"modelfn {spec.name}: input drift"
+
+
 def services(spec: FunctionSpec, on_run: bool, eventarc: bool, functions: list[dict[str, Any]]) -> list[str]:
     """The Cloud Run services that serve the function's live traffic (a 2nd gen function runs as
     one of its name); not the shadow version's function, whose windows would count twice."""
@@ -79,7 +84,7 @@ def alert_policy(spec: FunctionSpec) -> dict[str, Any]:
     """Two or more drifted windows within three periods (CloudWatch: two of three periods)."""
     window = f"{PERIOD_S * PERIODS}s"
     return {
-        "displayName": f"modelfn {spec.name}: input drift",
+        "displayName": display_name(spec),
         "documentation": {
             "content": (
                 f"{_description(spec)} in at least {BREACHING} drift windows within {window}. "
@@ -118,7 +123,7 @@ def alert_policy(spec: FunctionSpec) -> dict[str, Any]:
 def gcp_deploy_lines(spec: FunctionSpec) -> list[str]:
     """deploy.sh's lines (the script defines PROJECT, HERE and run): create, or update when the
     metric or a policy of the same name exists, so the script can run again."""
-    metric, name = metric_name(spec), f"modelfn {spec.name}: input drift"
+    metric, name = metric_name(spec), display_name(spec)
     return [
         f"# Drift alert: a log-based counter of windows with a feature's PSI >= {spec.drift.alarm_psi},",
         "# and an alert policy on it; NOTIFICATION_CHANNELS (comma-separated ids) receive its incidents.",
@@ -194,7 +199,7 @@ def arm_template(spec: FunctionSpec) -> dict[str, Any]:
                 "location": "[parameters('location')]",
                 "kind": "LogAlert",
                 "properties": {
-                    "displayName": f"modelfn {spec.name}: input drift",
+                    "displayName": display_name(spec),
                     "description": _description(spec),
                     "severity": 3,
                     "enabled": True,
