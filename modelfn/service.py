@@ -93,8 +93,6 @@ class Service:
         self.batchers: dict[str, MicroBatcher] = {}
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent merged batch sizes, for metrics and tests
         self._executor: ThreadPoolExecutor | None = None
-        self._shadows: set[Any] = set()
-        """The async driver's shadow lane (a task, while it has copies to run)."""
         self._shadow_queue: deque[tuple[Any, ...]] = deque()
         """Shadow copies waiting for an idle moment, at most SHADOW_BACKLOG."""
         self._in_flight = 0
@@ -102,6 +100,7 @@ class Service:
         self._idle: Any = None
         """The event the shadow lane waits on while live requests are in flight."""
         self._lane: Any = None
+        """The async driver's shadow lane (a task, while it has copies to run)."""
         self._closing = False
         self.monitor = Monitor()
         """Prediction cache and drift counting around each model run, for the functions that ask."""
@@ -308,8 +307,8 @@ class Service:
         self._closing = True
         if self._idle is not None:
             self._idle.set()
-        if self._shadows:  # copies already taken finish their comparison before the batchers close
-            await asyncio.gather(*self._shadows, return_exceptions=True)
+        if self._lane is not None:  # copies already taken finish their comparison before the batchers close
+            await asyncio.gather(self._lane, return_exceptions=True)
         self.monitor.close_windows()
         if self.metrics is not None:
             self.metrics.close()
@@ -447,16 +446,12 @@ class Service:
             return
         self._shadow_queue.append((shadow, decode, live, heavy))
         if self._lane is None:
-            self._lane = task = asyncio.get_running_loop().create_task(self._shadow_lane())
-            self._shadows.add(task)
-            task.add_done_callback(self._shadows.discard)
+            self._lane = asyncio.get_running_loop().create_task(self._shadow_lane())
 
     async def _shadow_lane(self) -> None:
         try:
             while self._shadow_queue:
-                if self._in_flight and not self._closing:  # live requests first
-                    await self._quiet()
-                    continue
+                await self._quiet()  # live requests first
                 await self._shadow(*self._shadow_queue.popleft())
         finally:
             self._lane = None  # no await since the queue was seen empty: a copy added now starts a lane
