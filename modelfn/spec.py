@@ -405,7 +405,7 @@ class BatchSpec:
     def problems(self) -> list[str]:
         found = []
         (src_scheme, src_bucket, src_prefix), (out_scheme, out_bucket, out_prefix) = (
-            _bucket_uri(u) for u in (self.input, self.output)
+            bucket_uri(u) for u in (self.input, self.output)
         )
         if (src_scheme, src_bucket) == (out_scheme, out_bucket) and out_prefix.startswith(src_prefix):
             found.append(
@@ -420,7 +420,7 @@ class BatchSpec:
         return found
 
 
-def _bucket_uri(uri: str) -> tuple[str, str, str]:
+def bucket_uri(uri: str) -> tuple[str, str, str]:
     """("s3", "bucket", "prefix/") of `s3://bucket/prefix`, the prefix ending in '/' when not empty."""
     scheme, _, rest = uri.partition("://")
     bucket, _, prefix = rest.partition("/")

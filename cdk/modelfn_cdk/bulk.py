@@ -27,8 +27,8 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 
 from modelfn import cron
 from modelfn.batch.aws import OUTPUT  # the stack output `modelfn batch --on aws` reads
-from modelfn.spec import BatchSpec, FunctionSpec
-from modelfn_cdk.access import read_prefix, s3_arn, s3_uri_parts, write_prefix
+from modelfn.spec import BatchSpec, FunctionSpec, bucket_uri
+from modelfn_cdk.access import read_prefix, s3_arn, write_prefix
 from modelfn_cdk.nag import acknowledge, resource_finding
 
 FAILED = "BatchItemsFailed"  # handlers.aws.bulk raises it when objects got no output
@@ -36,8 +36,8 @@ FAILED = "BatchItemsFailed"  # handlers.aws.bulk raises it when objects got no o
 
 def s3_place(uri: str) -> tuple[str, str]:
     """("bucket", "prefix/") of an s3:// URI, the prefix ending in '/' unless empty."""
-    bucket, prefix = s3_uri_parts(uri)
-    return bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    _, bucket, prefix = bucket_uri(uri)
+    return bucket, prefix
 
 
 def bucket_arn(stack: Stack, bucket: str) -> str:

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from modelfn.errors import BadRequest
-from modelfn.spec import FunctionSpec
+from modelfn.spec import FunctionSpec, bucket_uri
 
 OUTPUT = "BatchStateMachineArn"
 """The stack output naming the state machine (`cdk/modelfn_cdk/bulk.py`)."""
@@ -18,14 +18,11 @@ OUTPUT = "BatchStateMachineArn"
 
 def execution_input(input_uri: str, output_uri: str) -> dict[str, str]:
     """What the state machine takes: the bucket and prefix its S3 reader lists, and the output."""
-    scheme, _, rest = input_uri.partition("://")
+    scheme, bucket, prefix = bucket_uri(input_uri)
     if scheme != "s3" or not output_uri.startswith("s3://"):
         raise BadRequest("--on aws scores an s3:// prefix into an s3:// prefix")
-    bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise BadRequest(f"{input_uri}: name a bucket, e.g. s3://bucket/prefix/")
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
     output = output_uri if output_uri.endswith("/") else output_uri + "/"
     return {"bucket": bucket, "prefix": prefix, "output": output}
 
