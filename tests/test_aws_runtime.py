@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,10 +197,12 @@ def test_tracing_sends_a_subsegment_per_invocation_to_xray(start: Any) -> None:
     )
     request_id = function.api.submit(event("apigw-v2"), sampled=True)
     assert function.api.outcome(request_id).json()["statusCode"] == 200
-    for _ in range(100):
-        if received:
+    # the segment arrives over UDP on the listener's thread: wait for it, not for any packet
+    deadline = time.monotonic() + 30
+    while not any(segment.get("name") == "## apigw-http" for segment in list(received)):
+        if time.monotonic() > deadline:
             break
-        threading.Event().wait(0.1)
+        time.sleep(0.1)
     daemon.close()
     names = {segment["name"]: segment for segment in received}
     assert "## apigw-http" in names, received

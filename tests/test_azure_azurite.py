@@ -45,10 +45,16 @@ ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 CONNECTION = "ModelStorage"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: all bound at once, so no two can be the same."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _wait_for(port: int, process: subprocess.Popen[bytes], log: Path, seconds: float = 60) -> None:
@@ -68,7 +74,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A connection string to a fresh in-memory Azurite (Blob and Queue) on loopback."""
     if not AZURITE.exists() or shutil.which("node") is None:
         pytest.skip("Azurite is not installed: run `npm install` at the repo root (package.json has azurite)")
-    blob_port, queue_port, table_port = _free_port(), _free_port(), _free_port()
+    blob_port, queue_port, table_port = _free_ports(3)
     workdir = tmp_path_factory.mktemp("azurite")
     log = workdir / "azurite.log"
     process = subprocess.Popen(

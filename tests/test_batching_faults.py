@@ -302,7 +302,11 @@ def test_clients_that_hang_up_before_their_body_arrives_log_no_error(
                     raw.sendall(f"{head}Content-Length: {len(body) + 10}\r\n\r\n".encode() + body)
             # the server is still answering, and answered every hang-up without a word
             answer = httpx.post(f"{rows_server.url}/functions/rows", json={"x": [[1, 2, 3, 4]]})
-            time.sleep(0.2)  # let the hung-up requests finish on the server before reading the log
+            # let the hung-up requests finish on the server before reading the log: no handler left
+            deadline = time.monotonic() + 30
+            while {c for c in _server_state(rows_server)[3] if "run_asgi" in c or "app" in c.lower()}:
+                assert time.monotonic() < deadline, "the hung-up requests' handlers are still running"
+                time.sleep(0.05)
     finally:
         uvicorn_log.removeHandler(caplog.handler)
     assert answer.json() == {"total": [10.0]}

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -70,12 +71,17 @@ def test_keys_follow_values_dtype_and_shape() -> None:
     assert back["probabilities"].dtype == np.float32
 
 
-def test_the_local_cache_is_bounded_by_size_and_ttl() -> None:
+def test_the_local_cache_is_bounded_by_size_and_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the cache's clock, stepped by hand: a loaded machine may pause this test longer than a TTL
+    now = [1000.0]
+    monkeypatch.setattr(cache_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     local = LocalCache(size=2, ttl_s=0.2)
     for key in "abc":
         local.put(key, {"y": np.array([ord(key)])})
     assert len(local) == 2 and local.get("a") is None and local.get("c")["y"][0] == ord("c")  # type: ignore[index]
-    time.sleep(0.25)
+    now[0] += 0.19
+    assert local.get("c") is not None
+    now[0] += 0.02
     assert local.get("c") is None
 
 

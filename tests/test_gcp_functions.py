@@ -86,16 +86,21 @@ class FunctionsFramework:
                 time.sleep(0.1)
 
     def lines(self) -> list[dict[str, Any]]:
-        """The structured (JSON) log lines the function wrote so far."""
+        """The structured (JSON) log lines the function wrote so far. Read while the server may be
+        writing: only whole lines count, a last one without its newline is still being written."""
         found = []
-        for line in self.log.read_text().splitlines():
-            if line.startswith("{"):
+        for line in self.log.read_bytes().split(b"\n")[:-1]:
+            if line.startswith(b"{"):
                 found.append(json.loads(line))
         return found
 
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(10)
+        try:  # gunicorn lets requests in flight (an emulator's push) finish first
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +319,9 @@ def test_storage_object_is_predicted_and_written_under_the_output_prefix(
 
     event = _gcs_event(bucket.name, "incoming/day-1/batch.json")
     headers, body = to_binary(CloudEvent({k: v for k, v in event.items() if k != "data"}, event["data"]))
-    assert httpx.post(event_function.url, content=body, headers=headers).status_code == 200
+    # the function reads and writes the emulator within the request: more than httpx's 5 s default
+    # on a loaded machine, for the first request that sets up the storage client
+    assert httpx.post(event_function.url, content=body, headers=headers, timeout=60).status_code == 200
 
     written = json.loads(bucket.blob("predictions/day-1/batch.json.json").download_as_bytes())
     assert written["label"] == [0, 1]
@@ -323,7 +330,7 @@ def test_storage_object_is_predicted_and_written_under_the_output_prefix(
     # Writing the result finalizes an object too: that event must not trigger another prediction.
     echo = _gcs_event(bucket.name, "predictions/day-1/batch.json.json")
     assert httpx.post(
-        event_function.url, json=echo, headers={"content-type": "application/cloudevents+json"}
+        event_function.url, json=echo, headers={"content-type": "application/cloudevents+json"}, timeout=60
     ).is_success
     assert not bucket.blob("predictions/predictions/day-1/batch.json.json.json").exists()
     assert sorted(b.name for b in client.list_blobs(bucket.name)) == [
@@ -344,7 +351,7 @@ def test_storage_objects_outside_the_prefix_or_gone_are_dropped(
     bucket.blob("incoming/bad.json").upload_from_string("{not json", content_type="application/json")
     headers = {"content-type": "application/cloudevents+json"}
     for name in ("elsewhere/x.json", "incoming/bad.json", "incoming/deleted-since.json"):
-        response = httpx.post(event_function.url, json=_gcs_event(bucket.name, name), headers=headers)
+        response = httpx.post(event_function.url, json=_gcs_event(bucket.name, name), headers=headers, timeout=60)
         assert response.status_code == 200, name
     messages = [line["message"] for line in event_function.lines()]
     assert any("skipped gs://modelfn-gcs-skips/elsewhere/x.json: outside the input prefix" in m for m in messages)
@@ -454,6 +461,7 @@ def test_pubsub_end_to_end_through_the_emulator(
 ) -> None:
     """Publish requests; the emulator pushes them to the HTTP function, which publishes its results
     to the output topic; read them back from a subscription on it."""
+    from google.api_core.exceptions import DeadlineExceeded
     from google.cloud import pubsub_v1
 
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_host)
@@ -485,7 +493,12 @@ def test_pubsub_end_to_end_through_the_emulator(
         received: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + 60
         while len(received) < len(sent) and time.monotonic() < deadline:
-            reply = subscriber.pull(subscription=results, max_messages=10, timeout=10)
+            try:
+                # the emulator holds an empty pull until just before its deadline, and a busy one
+                # can miss that: nothing arrived yet, the loop's own deadline decides
+                reply = subscriber.pull(subscription=results, max_messages=10, timeout=10)
+            except DeadlineExceeded:
+                continue
             for message in reply.received_messages:
                 received[message.message.attributes["source_message_id"]] = json.loads(message.message.data)
             if reply.received_messages:

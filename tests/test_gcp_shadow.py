@@ -68,9 +68,10 @@ def test_the_live_function_publishes_the_copy_and_the_shadow_function_runs_it(
         "GOOGLE_CLOUD_PROJECT": PROJECT,
     }
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    live = FunctionsFramework(
-        "modelfn_http", "http", {**common, "MODELFN_SHADOW_TOPIC": "shadow-copies"}, tmp_path / "live"
-    )
+    # the live answer waits for the copy's publish: the first one connects to the emulator, which
+    # can take more than the default 5 s on a loaded machine (the copy would be dropped, not sent)
+    live_env = {**common, "MODELFN_SHADOW_TOPIC": "shadow-copies", "MODELFN_SHADOW_PUBLISH_TIMEOUT_S": "30"}
+    live = FunctionsFramework("modelfn_http", "http", live_env, tmp_path / "live")
     shadow = FunctionsFramework("modelfn_http", "http", common, tmp_path / "shadow")  # no topic of its own
     try:
         topic = publisher.create_topic(name=f"projects/{PROJECT}/topics/shadow-copies").name
@@ -79,7 +80,9 @@ def test_the_live_function_publishes_the_copy_and_the_shadow_function_runs_it(
             topic=topic,
             push_config=pubsub_v1.types.PushConfig(push_endpoint=shadow.url + "/"),
         )
-        response = httpx.post(f"{live.url}/functions/ab", json={"x": ROW}, headers={"x-modelfn-key": "user-7"})
+        response = httpx.post(
+            f"{live.url}/functions/ab", json={"x": ROW}, headers={"x-modelfn-key": "user-7"}, timeout=60
+        )
         version = response.headers["x-modelfn-version"]
         assert response.status_code == 200
         assert np.allclose(response.json()["y"], np.multiply(ROW, FACTORS[version]))
