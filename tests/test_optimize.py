@@ -196,7 +196,13 @@ def served_answers(functions: Path, name: str, payloads: list[Any]) -> list[Any]
 
 
 @pytest.mark.parametrize("name", ["breast-cancer", "digits"])
-def test_optimised_model_serves_answers_within_tolerance(name: str, tmp_path: Path) -> None:
+def test_optimised_model_serves_answers_within_tolerance(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # speed figures of a 4-56 kB model on a shared machine are noise: a step measured "worse" by
+    # chance would be refused even without require_gain, so size alone decides (as `optimised`)
+    for figure in ("load", "latency", "throughput"):
+        monkeypatch.setitem(opt.FLOOR, figure, float("inf"))
     folder = copy_function(name, tmp_path)
     spec_file = folder / "function.toml"
     # a pinned model: the pin must follow the switch, or the optimised model would not load
@@ -225,6 +231,8 @@ def test_optimised_model_answers_through_the_lambda_handler(tmp_path: Path, monk
     from handlers import aws_lambda
     from handlers.aws import app
 
+    for figure in ("load", "latency", "throughput"):  # noise here, as above: size alone decides
+        monkeypatch.setitem(opt.FLOOR, figure, float("inf"))
     folder = copy_function("breast-cancer", tmp_path)
     opt.optimize(load_spec(folder), data=SAMPLES / "breast-cancer.jsonl", require_gain=False, rounds=1, log=quiet)
     assert load_spec(folder).model.source.startswith("model.opt.")

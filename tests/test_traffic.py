@@ -316,8 +316,11 @@ def azure_call(method: str, path: str, body: bytes, headers: dict[str, str]) -> 
     return response.status_code, json.loads(response.get_body()), {k.lower(): v for k, v in response.headers.items()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_server(root: Path) -> Iterator[Any]:
+    """One server per test: its shadow copies run after the answers and count into the global
+    STATS, so they must all have run (the server's shutdown waits for them) before the next
+    test clears STATS and counts its own."""
     from live_server import LiveServer
 
     from modelfn.asgi import create_app
