@@ -44,6 +44,8 @@ class LambdaApp:
             self.service.shadow_sink = LambdaShadowSink(os.environ["MODELFN_SHADOW_TARGET"], self.telemetry)
         self.load_ms: float | None = None
         self.load_reported = False
+        self.kinds: dict[type[Any], Any] = {}
+        """Each event kind's adapter for this app, made on its first event (they hold only the app)."""
         self.tracing = os.environ.get("MODELFN_TRACING", "").lower() in ("1", "true", "yes")
 
     @classmethod

@@ -73,8 +73,11 @@ class Telemetry:
         self.invocation_cold = False
         self._fields: dict[str, Any] | None = {}
         self.dimensions: dict[str, str] = {"service": self.service}
-        self.metrics: dict[str, tuple[str, list[float]]] = {}
-        self._templates: dict[tuple[Any, ...], str] = {}
+        self.metrics: dict[str, Any] = {}
+        """This invocation's values by metric name: a number, or a list of them when recorded more than once."""
+        self._units: dict[str, str] = {}
+        """Each metric's unit, as first recorded: a metric's unit is fixed by its name."""
+        self._templates: dict[tuple[Any, ...], tuple[str, str]] = {}
         """EMF documents by (metric names..., function, trigger): a metric's unit is fixed by its name."""
         self._fd_of: tuple[Any, int | None] = (None, None)
         """The stream last written to and its file descriptor (None: written as text)."""
@@ -153,12 +156,22 @@ class Telemetry:
     def metric(self, name: str, value: float, unit: str = "Count") -> None:
         """Record one value; several values of one metric in an invocation are sent as a list."""
         # plain int or float: their repr is JSON (a NumPy scalar's is not)
-        self.metrics.setdefault(name, (unit, []))[1].append(value if type(value) is int else float(value))
+        value = value if type(value) is int else float(value)
+        metrics = self.metrics
+        held = metrics.get(name)
+        if held is None:
+            metrics[name] = value
+            self._units.setdefault(name, unit)
+        elif type(held) is list:
+            held.append(value)
+        else:
+            metrics[name] = [held, value]
 
     def flush(self) -> None:
         """Write the invocation's metrics as one Embedded Metric Format document. Everything
         but the numbers repeats from one invocation to the next, so it is encoded once per
-        shape (metric names, units, dimensions, trigger) into a template."""
+        shape (metric names, units, dimensions, trigger): a constant head (the `_aws` directive)
+        and a short tail with a slot per number, the only part formatted per invocation."""
         metrics = self.metrics
         self.metrics = {}
         if not metrics or not self.metrics_enabled:
@@ -166,19 +179,18 @@ class Telemetry:
         shape = (*metrics, self.function, self.trigger)  # the dimensions follow from the function
         template = self._templates.get(shape)
         if template is None:
-            units = tuple((name, unit) for name, (unit, _) in metrics.items())
+            units = tuple((name, self._units[name]) for name in metrics)
             template = self._templates[shape] = self._template(units)
         # `%s` of an int or a finite float is its JSON: no conversion per value but for lists and NaN
         pieces: list[Any] = [int(time.time() * 1000)]
-        for _, values in metrics.values():
-            if len(values) > 1:
-                pieces.append(_numbers(values))
+        for value in metrics.values():
+            if type(value) is int or (type(value) is float and _isfinite(value)):
+                pieces.append(value)
             else:
-                value = values[0]
-                pieces.append(value if type(value) is int or _isfinite(value) else "null")
+                pieces.append(_numbers(value) if type(value) is list else "null")
         request_id = getattr(self.context, "aws_request_id", None)
         pieces.append(_quote(request_id if type(request_id) is str else str(request_id)) if request_id else "null")
-        self._write(template % tuple(pieces))
+        self._write(template[0] + template[1] % tuple(pieces))
 
     def document(self, dimensions: dict[str, str], metrics: list[tuple[str, str, float]]) -> None:
         """One EMF document of its own, outside the invocation's: metrics with other dimensions
@@ -194,17 +206,19 @@ class Telemetry:
         timestamp = int(time.time() * 1000)
         self.write({"_aws": {"Timestamp": timestamp, "CloudWatchMetrics": [directive]}, **dimensions, **values})
 
-    def _template(self, metrics: tuple[tuple[str, str], ...]) -> str:
+    def _template(self, metrics: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+        """The document as a head without slots and a `%` format of the rest. `Timestamp` closes
+        `_aws` (JSON members have no order), so the head, up to it, is copied as it is."""
         directive = {
             "Namespace": self.namespace,
             "Dimensions": [list(self.dimensions)],
             "Metrics": [{"Name": name, "Unit": unit} for name, unit in metrics],
         }
         fixed = {**self.dimensions, "trigger": self.trigger}
-        head = _encode({"_aws": {"Timestamp": 0, "CloudWatchMetrics": [directive]}, **fixed})
-        head = head.replace("%", "%%").replace('"Timestamp":0', '"Timestamp":%s', 1)
+        head = _encode({"_aws": {"CloudWatchMetrics": [directive], "Timestamp": 0}})[: -len("0}}")]
         values = "".join(f",{_quote(name).replace('%', '%%')}:%s" for name, _ in metrics)
-        return head[:-1] + values + ',"function_request_id":%s}\n'
+        rest = _encode(fixed)[1:-1].replace("%", "%%")
+        return head, "%s}," + rest + values + ',"function_request_id":%s}\n'
 
     def write(self, document: dict[str, Any]) -> None:
         self.emit(_encode(document))
@@ -217,10 +231,13 @@ class Telemetry:
         stdout or stderr (on Lambda, the log pipe), which skips the text layer's encoding,
         buffering and flushes (~4 µs of each invocation's EMF document); a stream handed in, or
         one without a descriptor, is written as text."""
-        stream = self.stream
-        if stream is not self._fd_of[0]:
-            self._fd_of = (stream, _fileno(stream) if self._stream is None else None)
-        fd = self._fd_of[1]
+        stream = self._stream
+        if stream is None:  # `stream`, without the property's call
+            stream = sys.stdout if self.on_lambda else sys.stderr
+        fd_of = self._fd_of
+        if stream is not fd_of[0]:
+            fd_of = self._fd_of = (stream, _fileno(stream) if self._stream is None else None)
+        fd = fd_of[1]
         if fd is None:
             stream.write(lines)
             stream.flush()
@@ -230,8 +247,10 @@ class Telemetry:
             # (the runtime wraps stdout to flush on every write)
             stream.flush()
         data = lines.encode()
-        while data:
-            data = data[os.write(fd, data) :]
+        written = os.write(fd, data)
+        while written < len(data):  # a pipe may take a long line in parts
+            data = data[written:]
+            written = os.write(fd, data)
 
 
 class JsonLogHandler(logging.Handler):

@@ -1,0 +1,220 @@
+"""The Lambda adapter's per-invocation EMF line, made from a cached template, parses back to
+exactly the document a JSON encoder would write; and the HTTP API (v2) translation, which
+encodes a text body and skips unquoting on its own, answers as the generic one does."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from handlers.aws.http import HttpApiV2, _body, _strip_prefix
+from handlers.local.aws import LocalContext
+from modelfn.errors import BadRequest
+from modelfn.http import HttpRequest
+
+EVENTS = Path(__file__).resolve().parent.parent / "events" / "aws"
+
+INVOCATIONS: list[tuple[str | None, str, list[tuple[str, float, str]]]] = [
+    (
+        "breast-cancer",
+        "apigw-http",
+        [("Invocations", 1, "Count"), ("Errors", 0, "Count"), ("Latency", 0.0336, "Milliseconds")],
+    ),
+    (
+        "breast-cancer",
+        "apigw-http",
+        [("Invocations", 1, "Count"), ("Errors", 1, "Count"), ("Latency", 12.5, "Milliseconds")],
+    ),
+    (
+        None,
+        "sqs",
+        [("Invocations", 1, "Count"), ("BatchSize", 2, "Count"), ("BatchSize", 3, "Count"), ("Errors", 0, "Count")],
+    ),
+    (
+        "iris",
+        "alb",
+        [("Invocations", 1, "Count"), ('odd%s"name', 7, "None"), ("Latency", float("nan"), "Milliseconds")],
+    ),
+    (
+        "breast-cancer",
+        "apigw-http",
+        [("Invocations", 1, "Count"), ("Errors", 0, "Count"), ("Latency", 1e-07, "Milliseconds")],
+    ),
+]
+
+
+def expected_document(
+    function: str | None, trigger: str, recorded: list[tuple[str, float, str]], rid: str
+) -> dict[str, Any]:
+    """What the template's line must say, built the plain way."""
+    dimensions = {"service": "modelfn", **({"function": function} if function else {})}
+    values: dict[str, Any] = {}
+    units: dict[str, str] = {}
+    for name, number, unit in recorded:
+        units.setdefault(name, unit)
+        value = number if number == number else None  # NaN is written as null
+        if name in values:
+            held = values[name]
+            values[name] = [*held, value] if isinstance(held, list) else [held, value]
+        else:
+            values[name] = value
+    directive = {
+        "Namespace": "modelfn",
+        "Dimensions": [list(dimensions)],
+        "Metrics": [{"Name": name, "Unit": unit} for name, unit in units.items()],
+    }
+    return {
+        "_aws": {"CloudWatchMetrics": [directive], "Timestamp": None},
+        **dimensions,
+        "trigger": trigger,
+        **values,
+        "function_request_id": rid,
+    }
+
+
+def test_emf_lines_parse_back_to_the_recorded_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    from handlers.aws.telemetry import Telemetry
+
+    monkeypatch.delenv("POWERTOOLS_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("POWERTOOLS_METRICS_NAMESPACE", raising=False)
+    out = io.StringIO()
+    telemetry = Telemetry(stream=out)
+    expected = []
+    for i, (function, trigger, recorded) in enumerate(INVOCATIONS * 2):  # the second round reuses the templates
+        ctx = LocalContext("modelfn-test")
+        ctx.aws_request_id = f"req-{i}"
+        telemetry.begin(ctx, trigger, function)
+        for name, value, unit in recorded:
+            telemetry.metric(name, value, unit)
+        telemetry.end()
+        expected.append(expected_document(function, trigger, recorded, f"req-{i}"))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(expected)
+    for line, want in zip(lines, expected, strict=True):
+        document = json.loads(line)
+        assert next(iter(document)) == "_aws"  # the directive leads, as Powertools writes it
+        assert isinstance(document["_aws"]["Timestamp"], int) and document["_aws"]["Timestamp"] > 1.7e12
+        document["_aws"]["Timestamp"] = None
+        assert document == want
+    assert json.loads(lines[0])["Latency"] == 0.0336 and json.loads(lines[4])["Latency"] == 1e-07
+
+
+def test_emf_line_without_a_request_id_says_null() -> None:
+    from handlers.aws.telemetry import Telemetry
+
+    out = io.StringIO()
+    telemetry = Telemetry(stream=out)
+    telemetry.begin(None, "direct", "breast-cancer")
+    telemetry.metric("Invocations", 1)
+    telemetry.end()
+    assert json.loads(out.getvalue())["function_request_id"] is None
+
+
+SAMPLE = json.loads((EVENTS / "apigw-v2.json").read_text())
+
+
+def v2(body: str | None = SAMPLE["body"], **changes: Any) -> dict[str, Any]:
+    event = copy.deepcopy(SAMPLE)
+    event["body"] = body
+    for key, value in changes.items():
+        if value is None:
+            event.pop(key, None)
+        else:
+            event[key] = value
+    return event
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+V2_EVENTS = {
+    "plain": v2(),
+    "base64": v2(b64(SAMPLE["body"]), isBase64Encoded=True),
+    "wrong shape": v2('{"X": [[1.0]]}'),
+    "base64 invalid": v2("not base64!", isBase64Encoded=True),
+    "no body": v2(None),
+    "empty body": v2(""),
+    "unicode body": v2('{"X": "é"}'),
+    "odd content type": v2(headers={"content-type": "Text/Plain; charset=UTF-8"}),
+    "json with charset": v2(headers={"content-type": "application/json; charset=utf-8"}),
+    "no headers": v2(headers=None),
+    "mixed-case headers": v2(headers={"Content-Type": "application/json", "X-Api-Key": "k"}),
+    "cookies and query": v2(cookies=["a=1", "b=2"], rawQueryString="x=1&x=2", queryStringParameters={"x": "1,2"}),
+    "percent-encoded path": v2(rawPath="/functions/breast%2Dcancer"),
+    "no path": v2(rawPath=None),
+    "trailing slash": v2(rawPath="/functions/breast-cancer/"),
+}
+
+
+def generic_request(event: dict[str, Any]) -> HttpRequest:
+    """The translation before the v2 shortcuts: unquote always, `_body` for every body."""
+    path = unquote(event.get("rawPath") or "/")
+    stage = event["requestContext"].get("stage") or "$default"
+    if stage != "$default":
+        path = _strip_prefix(path, stage)
+    method = event["requestContext"]["http"]["method"]
+    return HttpRequest(method, path, event.get("headers") or {}, _body(event))
+
+
+@pytest.mark.parametrize("name", sorted(V2_EVENTS))
+def test_http_api_v2_request_is_the_generic_translation(name: str) -> None:
+    event = V2_EVENTS[name]
+    kind = HttpApiV2(None)  # type: ignore[arg-type]  # a request needs no app
+    try:
+        want = generic_request(copy.deepcopy(event))
+    except BadRequest as exc:
+        with pytest.raises(BadRequest, match=str(exc)):
+            kind.request(copy.deepcopy(event))
+        return
+    got = kind.request(copy.deepcopy(event))
+    assert (got.method, got.path, got.headers, got.body) == (want.method, want.path, want.headers, want.body)
+
+
+def as_rest_api(event: dict[str, Any]) -> dict[str, Any]:
+    """The same request as API Gateway's REST API (payload 1.0) would send it."""
+    return {
+        "version": "1.0",
+        "httpMethod": event["requestContext"]["http"]["method"],
+        "path": event.get("rawPath") or "/",
+        "headers": event.get("headers"),
+        "multiValueHeaders": None,
+        "requestContext": {"stage": "$default", "requestId": "r"},
+        "body": event.get("body"),
+        "isBase64Encoded": event.get("isBase64Encoded", False),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(V2_EVENTS))
+def test_handler_answers_http_api_events_as_the_rest_api(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from handlers import aws_lambda
+    from handlers.aws import app
+
+    monkeypatch.setenv("MODELFN_FUNCTION", "breast-cancer")
+    app.reset()
+    event = V2_EVENTS[name]
+    if "%" in (event.get("rawPath") or ""):  # REST APIs hand the path over decoded
+        rest = as_rest_api(event) | {"path": unquote(event["rawPath"])}
+    else:
+        rest = as_rest_api(event)
+    got = aws_lambda.handler(copy.deepcopy(event), LocalContext("modelfn-test"))
+    want = aws_lambda.handler(rest, LocalContext("modelfn-test"))
+    assert got == want
+    assert got["statusCode"] == STATUS.get(name, 200)
+
+
+STATUS = {
+    "base64 invalid": 400,
+    "no body": 400,
+    "empty body": 400,
+    "unicode body": 422,
+    "odd content type": 415,
+    "wrong shape": 422,
+}
