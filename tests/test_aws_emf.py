@@ -218,3 +218,21 @@ STATUS = {
     "odd content type": 415,
     "wrong shape": 422,
 }
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "application/json", "x-api-key": "k"},
+        {"Content-Type": "application/json", "x-api-key": "k"},
+        {"x-1": "a", "123": "b"},  # names without letters
+        {"İd": "dotted capital I", "ß": "sharp s"},  # lowering that lengthens, letters already lower
+        {"A": "upper", "a": "lower"},  # two spellings of one name: the later wins, as before
+        {"ǅ": "titlecase"},
+    ],
+)
+def test_request_headers_are_the_lowered_names(headers: dict[str, str]) -> None:
+    original = dict(headers)
+    request = HttpRequest("POST", "/functions/x", headers, b"")
+    assert request.headers == {k.lower(): v for k, v in original.items()}
+    assert request.headers is not headers and headers == original
