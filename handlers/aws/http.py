@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from handlers.aws.app import LAMBDA_PAYLOAD_LIMIT
 from handlers.aws.kind import EventKind
 from modelfn.errors import BadRequest, PayloadTooLarge
-from modelfn.http import JSON_TYPE, MB, HttpRequest, HttpResponse, failure, json_bytes, json_text
+from modelfn.http import JSON_TYPE, MB, HttpRequest, HttpResponse, failure, json_text
 from modelfn.routes import function_of
 
 BASE_PATH = os.environ.get("MODELFN_BASE_PATH", "")
@@ -90,7 +90,7 @@ class HttpEvent(EventKind):
             else:
                 text, encoded = base64.b64encode(response.body).decode("ascii"), True
         else:
-            text, encoded = json_bytes(response.body).decode(), False
+            text, encoded = json_text(response.body), False
         if len(text) > LAMBDA_PAYLOAD_LIMIT:
             too_large = PayloadTooLarge(
                 f"the response is {len(text) / MB:.1f} MB, over Lambda's 6 MB limit: send fewer rows per request"
@@ -160,19 +160,15 @@ class HttpApiV2(HttpEvent):
         )
 
     def path(self, event: dict[str, Any]) -> str:
-        raw = event.get("rawPath") or "/"
-        path = unquote(raw) if "%" in raw else raw
+        path = unquote(event.get("rawPath") or "/")
         stage = event["requestContext"].get("stage") or "$default"
         if stage != "$default":
             path = _strip_prefix(path, stage)
-        return _strip_prefix(path, BASE_PATH) if BASE_PATH else path
+        return _base_path(path)
 
     def request(self, event: dict[str, Any]) -> HttpRequest:
         method = event["requestContext"]["http"]["method"]
-        body = event.get("body") or ""
-        # the common shape, a text body, is encoded here: `_body` is for base64
-        data = _body(event) if event.get("isBase64Encoded") else body.encode("utf-8")
-        return HttpRequest(method, self.path(event), event.get("headers") or {}, data)
+        return HttpRequest(method, self.path(event), event.get("headers") or {}, _body(event))
 
 
 class FunctionUrl(HttpApiV2):

@@ -231,9 +231,7 @@ class Telemetry:
         stdout or stderr (on Lambda, the log pipe), which skips the text layer's encoding,
         buffering and flushes (~4 µs of each invocation's EMF document); a stream handed in, or
         one without a descriptor, is written as text."""
-        stream = self._stream
-        if stream is None:  # `stream`, without the property's call
-            stream = sys.stdout if self.on_lambda else sys.stderr
+        stream = self.stream
         fd_of = self._fd_of
         if stream is not fd_of[0]:
             fd_of = self._fd_of = (stream, _fileno(stream) if self._stream is None else None)
