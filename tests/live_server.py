@@ -5,10 +5,22 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import uvicorn
+
+
+def wait_until(condition: Callable[[], object], limit_s: float = 30, every_s: float = 0.1) -> bool:
+    """Whether `condition()` came true within `limit_s`: for effects that happen after the answer
+    (a log line, a shadow copy, a packet), which a loaded machine may take seconds to show."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every_s)
+    return True
 
 
 def wait_until_ready(base: str, process: subprocess.Popen[Any], limit_s: float = 60) -> None:

@@ -8,12 +8,12 @@ import json
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from live_server import wait_until
 from support.aws import boto, moto_server, unique
 from support.lambda_runtime import ROOT, RuntimeApi, lambda_environment, start_runtime
 
@@ -198,11 +198,7 @@ def test_tracing_sends_a_subsegment_per_invocation_to_xray(start: Any) -> None:
     request_id = function.api.submit(event("apigw-v2"), sampled=True)
     assert function.api.outcome(request_id).json()["statusCode"] == 200
     # the segment arrives over UDP on the listener's thread: wait for it, not for any packet
-    deadline = time.monotonic() + 30
-    while not any(segment.get("name") == "## apigw-http" for segment in list(received)):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    wait_until(lambda: any(segment.get("name") == "## apigw-http" for segment in list(received)))
     daemon.close()
     names = {segment["name"]: segment for segment in received}
     assert "## apigw-http" in names, received

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from live_server import LiveServer
+from live_server import LiveServer, wait_until
 from onnx_models import function_folder, row_sum
 
 from modelfn.asgi import create_app
@@ -303,10 +303,8 @@ def test_clients_that_hang_up_before_their_body_arrives_log_no_error(
             # the server is still answering, and answered every hang-up without a word
             answer = httpx.post(f"{rows_server.url}/functions/rows", json={"x": [[1, 2, 3, 4]]})
             # let the hung-up requests finish on the server before reading the log: no handler left
-            deadline = time.monotonic() + 30
-            while {c for c in _server_state(rows_server)[3] if "run_asgi" in c or "app" in c.lower()}:
-                assert time.monotonic() < deadline, "the hung-up requests' handlers are still running"
-                time.sleep(0.05)
+            handlers = lambda: {c for c in _server_state(rows_server)[3] if "run_asgi" in c or "app" in c.lower()}  # noqa: E731
+            assert wait_until(lambda: not handlers(), 30, 0.05), "the hung-up requests' handlers are still running"
     finally:
         uvicorn_log.removeHandler(caplog.handler)
     assert answer.json() == {"total": [10.0]}

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from live_server import LiveServer
+from live_server import LiveServer, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events" / "gcp"
@@ -508,10 +508,9 @@ def test_pubsub_end_to_end_through_the_emulator(
         assert malformed not in received
         # The emulator pushes in no set order: the malformed message may come after both results.
         dropped = f"dropped Pub/Sub message {malformed} "
-        deadline = time.monotonic() + 30
-        while not any(line["message"].startswith(dropped) for line in server.lines()):
-            assert time.monotonic() < deadline, f"no {dropped!r} line in the function's log"
-            time.sleep(0.2)
+        assert wait_until(lambda: any(line["message"].startswith(dropped) for line in server.lines()), 30, 0.2), (
+            f"no {dropped!r} line in the function's log"
+        )
     finally:
         server.stop()
         publisher.transport.close()

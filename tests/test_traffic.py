@@ -11,7 +11,6 @@ import collections
 import io
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr
 from pathlib import Path
@@ -433,7 +432,7 @@ def test_google_and_azure_log_a_structured_line_per_version(
 
 @pytest.mark.slow
 def test_the_server_runs_the_shadow_after_the_answer_and_exports_it(root: Path) -> None:
-    from live_server import LiveServer
+    from live_server import LiveServer, wait_until
 
     from modelfn.asgi import create_app
 
@@ -444,11 +443,7 @@ def test_the_server_runs_the_shadow_after_the_answer_and_exports_it(root: Path) 
         assert {a.headers["x-modelfn-version"] for a in answers} <= {"1", "2"}
         assert all(a.json()["y"][0][0] in (1.0, 2.0) for a in answers)
         # the copies run after the answers, one at a time: wait for them (a loaded machine is slow)
-        deadline = time.monotonic() + 30
-        while sum(s["requests"] for s in STATS.of("ab") if s["role"] == "shadow") < 50:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        wait_until(lambda: sum(s["requests"] for s in STATS.of("ab") if s["role"] == "shadow") >= 50, 30, 0.05)
         metrics = client.get("/metrics").text if getattr(app.service, "metrics", None) is not None else ""
     shadow = next(s for s in STATS.of("ab") if s["role"] == "shadow")
     assert shadow["requests"] == 50 and shadow["errors"] == 0 and shadow["dropped"] == 0
