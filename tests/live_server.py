@@ -1,4 +1,5 @@
-"""A real uvicorn server on a loopback port, in a thread, for tests."""
+"""A real uvicorn server on a loopback port, in a thread, for tests: the HTTP protocol
+`modelfn serve` runs (`modelfn.http_server.OneWriteProtocol`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import httpx
 import uvicorn
+
+from modelfn.http_server import OneWriteProtocol
 
 
 def wait_until(condition: Callable[[], object], limit_s: float = 30, every_s: float = 0.1) -> bool:
@@ -38,9 +41,10 @@ def wait_until_ready(base: str, process: subprocess.Popen[Any], limit_s: float =
 
 
 class LiveServer:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, http: type[Any] = OneWriteProtocol) -> None:
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", http=http)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:
