@@ -14,7 +14,7 @@ from modelfn import protocol
 from modelfn.codecs import Codec, Decoded, make_codec
 from modelfn.errors import InferenceError, InvalidInput, ModelfnError
 from modelfn.hooks import resolve_hook
-from modelfn.session import create_session, signature, warm_up
+from modelfn.session import create_session, runner, signature, warm_up
 from modelfn.sources import Progress, resolve
 from modelfn.spec import FunctionSpec
 
@@ -33,6 +33,7 @@ class ModelFunction:
         self.session = create_session(self.model_path, spec.runtime)
         self.inputs, self.outputs = signature(self.session)
         self.output_names = [o.name for o in self.outputs]
+        self._run = runner(self.session)
         self.preprocess = resolve_hook(spec, spec.hooks.preprocess)
         self.postprocess = resolve_hook(spec, spec.hooks.postprocess)
         tokenize = resolve_hook(spec, spec.hooks.tokenize)
@@ -61,7 +62,7 @@ class ModelFunction:
 
     def run(self, feeds: dict[str, np.ndarray]) -> Outputs:
         try:
-            values = self.session.run(self.output_names, feeds)
+            values = self._run(self.output_names, feeds)
         except Exception as exc:
             # ONNX Runtime checks values the graph metadata cannot express (an index out of range, say)
             raise InvalidInput(f"the model rejected the input: {_first_line(exc)}") from None
