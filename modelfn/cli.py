@@ -78,13 +78,11 @@ def _default_workers(functions_dir: Path | None, names: list[str] | None) -> int
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from modelfn.http_server import OneWriteProtocol
-
     base = f"http://{args.host}:{args.port}"
     workers = args.workers or _default_workers(_functions_dir(args), args.names or None)
     if not args.reload and workers == 1:
         app = _app(_functions_dir(args), args.names or None, args.max_body_mb, base)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http=OneWriteProtocol)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         return 0
 
     import modelfn
@@ -112,13 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # session and micro-batcher, so one GPU is fed by as many Python processes
         print(f"modelfn: {workers} server processes", file=sys.stderr)
     uvicorn.run(
-        "modelfn.cli:reloading_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        http=OneWriteProtocol,
-        **options,
+        "modelfn.cli:reloading_app", factory=True, host=args.host, port=args.port, log_level=args.log_level, **options
     )
     return 0
 

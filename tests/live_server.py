@@ -1,5 +1,4 @@
-"""A real uvicorn server on a loopback port, in a thread, for tests: the HTTP protocol
-`modelfn serve` runs (`modelfn.http_server.OneWriteProtocol`)."""
+"""A real uvicorn server on a loopback port, in a thread, for tests."""
 
 from __future__ import annotations
 
@@ -11,8 +10,6 @@ from typing import Any
 
 import httpx
 import uvicorn
-
-from modelfn.http_server import OneWriteProtocol
 
 
 def wait_until(condition: Callable[[], object], limit_s: float = 30, every_s: float = 0.1) -> bool:
@@ -41,10 +38,9 @@ def wait_until_ready(base: str, process: subprocess.Popen[Any], limit_s: float =
 
 
 class LiveServer:
-    def __init__(self, app: Any, http: type[Any] = OneWriteProtocol) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", http=http)
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:
