@@ -120,7 +120,7 @@ def nested_deeper_than(text: bytes, limit: int) -> bool:
 
 
 def parse_json(body: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    if not body or not body.strip():
+    if not body or body.isspace():
         raise BadRequest("empty body: send a JSON document")
     raw = body.encode("utf-8", "replace") if isinstance(body, str) else body
     if nested_deeper_than(raw, max_depth):

@@ -24,10 +24,11 @@ class HttpRequest:
         self.path = "/" + path.strip("/") if path not in ("", "/") else "/"
         if not headers:
             self.headers = {}
-        elif all(map(str.islower, headers)):  # as API Gateway's HTTP APIs and Function URLs send them
-            self.headers = dict(headers)
         else:
-            self.headers = {k.lower(): v for k, v in headers.items()}
+            # lower-case already, as API Gateway's HTTP APIs and Function URLs send them? (one
+            # join and one lower() take a third of the time of str.islower name by name)
+            names = "".join(headers)
+            self.headers = dict(headers) if names == names.lower() else {k.lower(): v for k, v in headers.items()}
         self.body = body
 
     def __repr__(self) -> str:

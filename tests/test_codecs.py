@@ -238,8 +238,9 @@ def test_hooks_run_before_and_after_the_model(tmp_path: Path) -> None:
         (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "JSON nested deeper than 64 levels"),
         (b"1" * 5000, "malformed JSON: Exceeds the limit (4300 digits)"),
         (b'{"X": [\x80]}', "malformed JSON: the body is not UTF-8 text (byte 7 cannot be decoded)"),
+        (b" \r\n\t\x0b\x0c ", "empty body: send a JSON document"),
     ],
-    ids=["arrays-1000", "arrays-65", "objects-100000", "long-integer", "not-utf8"],
+    ids=["arrays-1000", "arrays-65", "objects-100000", "long-integer", "not-utf8", "whitespace-only"],
 )
 def test_hostile_json_is_a_400_naming_the_problem(body: bytes, message: str) -> None:
     fn = ModelFunction(load_spec(FUNCTIONS / "breast-cancer"))
