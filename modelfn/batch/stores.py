@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modelfn.errors import BadRequest
+from modelfn.spec import bucket_uri
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,9 @@ def open_store(uri: str, s3_client: Any = None) -> Store:
     scheme, sep, rest = uri.partition("://")
     if not sep or scheme == "file":
         return LocalStore(Path(rest if sep else uri))
-    bucket, _, prefix = rest.partition("/")
+    _, bucket, prefix = bucket_uri(uri)
     if not bucket:
         raise BadRequest(f"{uri}: name a bucket or container, e.g. {scheme}://bucket/prefix/")
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
     if scheme == "s3":
         return S3Store(bucket, prefix, s3_client)
     if scheme == "gs":
