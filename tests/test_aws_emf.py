@@ -8,6 +8,7 @@ import base64
 import copy
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -43,6 +44,11 @@ INVOCATIONS: list[tuple[str | None, str, list[tuple[str, float, str]]]] = [
         [("Invocations", 1, "Count"), ('odd%s"name', 7, "None"), ("Latency", float("nan"), "Milliseconds")],
     ),
     (
+        "iris",
+        "sqs",
+        [("Invocations", 1, "Count"), ("BatchSize", float("inf"), "Count"), ("BatchSize", 2.5, "Count")],
+    ),
+    (
         "breast-cancer",
         "apigw-http",
         [("Invocations", 1, "Count"), ("Errors", 0, "Count"), ("Latency", 1e-07, "Milliseconds")],
@@ -59,7 +65,7 @@ def expected_document(
     units: dict[str, str] = {}
     for name, number, unit in recorded:
         units.setdefault(name, unit)
-        value = number if number == number else None  # NaN is written as null
+        value = number if math.isfinite(number) else None  # NaN and Infinity are written as null
         if name in values:
             held = values[name]
             values[name] = [*held, value] if isinstance(held, list) else [held, value]
@@ -103,7 +109,7 @@ def test_emf_lines_parse_back_to_the_recorded_metrics(monkeypatch: pytest.Monkey
         assert isinstance(document["_aws"]["Timestamp"], int) and document["_aws"]["Timestamp"] > 1.7e12
         document["_aws"]["Timestamp"] = None
         assert document == want
-    assert json.loads(lines[0])["Latency"] == 0.0336 and json.loads(lines[4])["Latency"] == 1e-07
+    assert json.loads(lines[0])["Latency"] == 0.0336 and json.loads(lines[5])["Latency"] == 1e-07
 
 
 def test_emf_line_without_a_request_id_says_null() -> None:
