@@ -10,7 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx_models import multi_io, save
 
-from modelfn.session import runner
+from modelfn.session import create_session, runner
+from modelfn.spec import RuntimeSpec
 
 
 def test_the_runner_answers_as_session_run_does_and_refuses_what_it_refuses(tmp_path: Path) -> None:
@@ -26,6 +27,16 @@ def test_the_runner_answers_as_session_run_does_and_refuses_what_it_refuses(tmp_
     np.testing.assert_array_equal(run(["diff"], feeds)[0], [[0.5, 1.5], [2.0, 5.0]])
     with pytest.raises(Exception, match="scale"):  # ONNX Runtime's own refusal, past the wrapper's check
         run(["sum"], {"a": feeds["a"], "b": feeds["b"]})
+
+
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_pool_threads_stop_spinning_when_the_last_run_returns(tmp_path: Path, threads: int) -> None:
+    session = create_session(save(multi_io(), tmp_path / "m.onnx"), RuntimeSpec(threads=threads))
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert options.intra_op_num_threads == threads
+    feeds = {"a": np.ones((2, 2), np.float32), "b": np.ones((2, 2), np.float32), "scale": np.array(3.0, np.float32)}
+    np.testing.assert_array_equal(session.run(["sum"], feeds)[0], np.full((2, 2), 6.0))
 
 
 class Noted:
