@@ -92,6 +92,8 @@ def _numeric(array: np.ndarray, info: TensorInfo, want: np.dtype, nan_policy: st
             raise InvalidInput(f"input {info.name!r}: expected booleans (true/false or 0/1)", input=info.name)
         return array.astype(np.bool_)
     if want.kind in "iu":
+        if array.dtype == want:  # already the graph's integers (a hook's, a binary tensor): in range by type
+            return array
         if kind == "f":
             if array.size and not (np.isfinite(array).all() and (array == np.round(array)).all()):
                 raise InvalidInput(

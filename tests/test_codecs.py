@@ -15,7 +15,9 @@ from onnx_models import function_folder, identity, multi_io
 
 from modelfn.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, error_body
 from modelfn.function import ModelFunction
+from modelfn.session import TensorInfo
 from modelfn.spec import load_spec
+from modelfn.tensors import coerce
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 
@@ -110,6 +112,26 @@ def test_integer_inputs_refuse_fractions_and_overflow(tmp_path: Path, value: lis
         return
     with pytest.raises(InvalidInput, match=message):
         fn.predict(payload={"x": value})
+
+
+@pytest.mark.parametrize(
+    ("array", "want", "message"),
+    [
+        (np.array([[7, -3, 2**40]], dtype=np.int64), "tensor(int64)", ""),  # a hook's ids: taken as they are
+        (np.array([[1, 2, 300]], dtype=np.int32), "tensor(int8)", "out of range for int8"),
+        (np.array([[1, 2, 3]], dtype=np.int32), "tensor(int64)", ""),
+        (np.array([[1.0, 2.5, 3.0]]), "tensor(int64)", "got fractions"),
+    ],
+)
+def test_integer_arrays_are_checked_unless_already_the_inputs_type(array: np.ndarray, want: str, message: str) -> None:
+    info = TensorInfo("ids", want, (None, 3))
+    if message:
+        with pytest.raises(InvalidInput, match=message):
+            coerce(array, info)
+        return
+    coerced = coerce(array, info)
+    assert coerced.dtype == info.dtype
+    np.testing.assert_array_equal(coerced, array)
 
 
 def test_nan_allowed_when_the_spec_says_so(tmp_path: Path) -> None:
