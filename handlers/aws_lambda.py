@@ -85,8 +85,7 @@ def handler(event: Any, context: Any) -> Any:
             raise exc.with_traceback(None) from None
         raise
     finally:
-        # whole nanoseconds as milliseconds: a short repr in the EMF line (a float's tail digits are noise)
-        telemetry.metric("Latency", (time.perf_counter_ns() - started) / 1e6, "Milliseconds")
+        telemetry.milliseconds("Latency", time.perf_counter_ns() - started)
         telemetry.end()
 
 

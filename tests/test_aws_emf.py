@@ -112,6 +112,41 @@ def test_emf_lines_parse_back_to_the_recorded_metrics(monkeypatch: pytest.Monkey
     assert json.loads(lines[0])["Latency"] == 0.0336 and json.loads(lines[5])["Latency"] == 1e-07
 
 
+@pytest.mark.parametrize(
+    ("nanoseconds", "milliseconds"),
+    [(99_588, 0.1), (99_499, 0.099), (0, 0.0), (1_234_567_891, 1234.568), (7_000_000, 7.0), (12_345, 0.012)],
+)
+def test_durations_are_milliseconds_to_the_microsecond(nanoseconds: int, milliseconds: float) -> None:
+    from handlers.aws.telemetry import Telemetry
+
+    out = io.StringIO()
+    telemetry = Telemetry(stream=out)
+    telemetry.begin(None, "direct", "breast-cancer")
+    telemetry.milliseconds("Latency", nanoseconds)
+    telemetry.end()
+    telemetry.begin(None, "direct", "breast-cancer")  # twice in one invocation: a list, as `metric` makes
+    telemetry.milliseconds("Latency", nanoseconds)
+    telemetry.milliseconds("Latency", nanoseconds + 2_000_000)
+    telemetry.end()
+    once, twice = (json.loads(line) for line in out.getvalue().splitlines())
+    assert once["Latency"] == milliseconds
+    assert twice["Latency"] == [milliseconds, round(milliseconds + 2, 3)]
+    assert once["_aws"]["CloudWatchMetrics"][0]["Metrics"] == [{"Name": "Latency", "Unit": "Milliseconds"}]
+
+
+def test_no_duration_is_kept_while_metrics_are_off() -> None:
+    from handlers.aws.telemetry import Telemetry
+
+    out = io.StringIO()
+    telemetry = Telemetry(stream=out)
+    telemetry.metrics_enabled = False
+    telemetry.begin(None, "direct", "breast-cancer")
+    telemetry.milliseconds("Latency", 5_000_000)
+    assert telemetry.metrics == {}
+    telemetry.end()
+    assert out.getvalue() == ""
+
+
 def test_emf_line_without_a_request_id_says_null() -> None:
     from handlers.aws.telemetry import Telemetry
 

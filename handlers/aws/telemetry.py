@@ -74,7 +74,8 @@ class Telemetry:
         self._fields: dict[str, Any] | None = {}
         self.dimensions: dict[str, str] = {"service": self.service}
         self.metrics: dict[str, Any] = {}
-        """This invocation's values by metric name: a number, or a list of them when recorded more than once."""
+        """This invocation's values by metric name: a number (a duration as its JSON text, see
+        `milliseconds`), or a list of numbers when recorded more than once."""
         self._units: dict[str, str] = {}
         """Each metric's unit, as first recorded: a metric's unit is fixed by its name."""
         self._templates: dict[tuple[Any, ...], tuple[str, str]] = {}
@@ -164,8 +165,21 @@ class Telemetry:
             self._units.setdefault(name, unit)
         elif type(held) is list:
             held.append(value)
-        else:
-            metrics[name] = [held, value]
+        else:  # a duration's text (`milliseconds`) becomes a number beside the others
+            metrics[name] = [float(held) if type(held) is str else held, value]
+
+    def milliseconds(self, name: str, nanoseconds: int) -> None:
+        """A duration in milliseconds to the microsecond, kept as its JSON text: made from
+        integers, without a float's conversion to decimal."""
+        if not self.metrics_enabled:  # nothing will be written
+            return
+        whole, micro = divmod((nanoseconds + 500) // 1000, 1000)
+        metrics = self.metrics
+        if name in metrics:  # several in one invocation: the list of numbers `metric` keeps
+            self.metric(name, whole + micro / 1000, "Milliseconds")
+            return
+        metrics[name] = "%d.%03d" % (whole, micro)  # noqa: UP031 - 0.5-0.7 us less per invocation than the f-string, measured in the handler
+        self._units.setdefault(name, "Milliseconds")
 
     def flush(self) -> None:
         """Write the invocation's metrics as one Embedded Metric Format document. Everything
@@ -184,7 +198,7 @@ class Telemetry:
         # `%s` of an int or a finite float is its JSON: no conversion per value but for lists and NaN
         pieces: list[Any] = [int(time.time() * 1000)]
         for value in metrics.values():
-            if type(value) is int or (type(value) is float and _isfinite(value)):
+            if type(value) is int or (type(value) is float and _isfinite(value)) or type(value) is str:
                 pieces.append(value)
             else:
                 pieces.append(_numbers(value) if type(value) is list else "null")
