@@ -196,9 +196,9 @@ class Telemetry:
             units = tuple((name, self._units[name]) for name in metrics)
             template = self._templates[shape] = self._template(units)
         # `%s` of an int or a finite float is its JSON: no conversion per value but for lists and NaN
-        pieces: list[Any] = [int(time.time() * 1000)]
+        pieces: list[Any] = [time.time_ns() // 1_000_000]
         for value in metrics.values():
-            if type(value) is int or (type(value) is float and _isfinite(value)) or type(value) is str:
+            if type(value) is int or type(value) is str or (type(value) is float and _isfinite(value)):
                 pieces.append(value)
             else:
                 pieces.append(_numbers(value) if type(value) is list else "null")
