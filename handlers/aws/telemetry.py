@@ -40,12 +40,14 @@ def _fileno(stream: TextIO) -> int | None:
 _isfinite = math.isfinite
 
 
-def _number(value: float) -> str:
-    return repr(value) if type(value) is int or math.isfinite(value) else "null"
+class _Series(list):  # type: ignore[type-arg]
+    """Several values of one metric in one invocation, each as `metric` keeps it: `%s` writes
+    them as a JSON array."""
 
+    __slots__ = ()
 
-def _numbers(values: list[float]) -> str:
-    return "[" + ",".join(map(_number, values)) + "]"
+    def __str__(self) -> str:
+        return "[" + ",".join(map(str, self)) + "]"
 
 
 def _timestamp() -> str:
@@ -74,8 +76,8 @@ class Telemetry:
         self._fields: dict[str, Any] | None = {}
         self.dimensions: dict[str, str] = {"service": self.service}
         self.metrics: dict[str, Any] = {}
-        """This invocation's values by metric name: a number (a duration as its JSON text, see
-        `milliseconds`), or a list of numbers when recorded more than once."""
+        """This invocation's values by metric name, each as `%s` writes its JSON (see `metric`):
+        one value, or a `_Series` of them when recorded more than once."""
         self._units: dict[str, str] = {}
         """Each metric's unit, as first recorded: a metric's unit is fixed by its name."""
         self._templates: dict[tuple[Any, ...], tuple[str, str]] = {}
@@ -155,18 +157,22 @@ class Telemetry:
         self.log(logging.ERROR, message, depth=2, **extra)
 
     def metric(self, name: str, value: float, unit: str = "Count") -> None:
-        """Record one value; several values of one metric in an invocation are sent as a list."""
-        # plain int or float: their repr is JSON (a NumPy scalar's is not)
-        value = value if type(value) is int else float(value)
+        """Record one value; several values of one metric in an invocation are sent as a list.
+        Each is kept as something `%s` writes as its JSON: a plain int, a finite float (a NumPy
+        scalar's str is not always JSON), "null" for NaN and Infinity, a duration's text."""
+        if type(value) is not int:
+            value = float(value)
+            if not _isfinite(value):
+                value = "null"  # type: ignore[assignment]
         metrics = self.metrics
         held = metrics.get(name)
         if held is None:
             metrics[name] = value
             self._units.setdefault(name, unit)
-        elif type(held) is list:
+        elif type(held) is _Series:
             held.append(value)
-        else:  # a duration's text (`milliseconds`) becomes a number beside the others
-            metrics[name] = [float(held) if type(held) is str else held, value]
+        else:
+            metrics[name] = _Series((held, value))
 
     def milliseconds(self, name: str, nanoseconds: int) -> None:
         """A duration in milliseconds to the microsecond, kept as its JSON text: made from
@@ -175,7 +181,7 @@ class Telemetry:
             return
         whole, micro = divmod((nanoseconds + 500) // 1000, 1000)
         metrics = self.metrics
-        if name in metrics:  # several in one invocation: the list of numbers `metric` keeps
+        if name in metrics:  # several in one invocation: the `_Series` that `metric` keeps
             self.metric(name, whole + micro / 1000, "Milliseconds")
             return
         metrics[name] = "%d.%03d" % (whole, micro)  # noqa: UP031 - 0.5-0.7 us less per invocation than the f-string, measured in the handler
@@ -195,16 +201,10 @@ class Telemetry:
         if template is None:
             units = tuple((name, self._units[name]) for name in metrics)
             template = self._templates[shape] = self._template(units)
-        # `%s` of an int or a finite float is its JSON: no conversion per value but for lists and NaN
-        pieces: list[Any] = [time.time_ns() // 1_000_000]
-        for value in metrics.values():
-            if type(value) is int or type(value) is str or (type(value) is float and _isfinite(value)):
-                pieces.append(value)
-            else:
-                pieces.append(_numbers(value) if type(value) is list else "null")
         request_id = getattr(self.context, "aws_request_id", None)
-        pieces.append(_quote(request_id if type(request_id) is str else str(request_id)) if request_id else "null")
-        self._write(template[0] + template[1] % tuple(pieces))
+        quoted = _quote(request_id if type(request_id) is str else str(request_id)) if request_id else "null"
+        # each value is kept as `%s` writes its JSON (see `metric`): no conversion here
+        self._write(template[0] + template[1] % (time.time_ns() // 1_000_000, *metrics.values(), quoted))
 
     def document(self, dimensions: dict[str, str], metrics: list[tuple[str, str, float]]) -> None:
         """One EMF document of its own, outside the invocation's: metrics with other dimensions
