@@ -164,7 +164,8 @@ class HttpApiV2(HttpEvent):
         return context is not None and ".lambda-url." not in str(context.get("domainName", ""))
 
     def path(self, event: dict[str, Any]) -> str:
-        path = unquote(event.get("rawPath") or "/")
+        raw = event.get("rawPath") or "/"
+        path = unquote(raw) if "%" in raw else raw
         stage = event["requestContext"].get("stage") or "$default"
         if stage != "$default":
             path = _strip_prefix(path, stage)
