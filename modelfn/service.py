@@ -102,6 +102,10 @@ class Service:
         self._lane: Any = None
         """The async driver's shadow lane (a task, while it has copies to run)."""
         self._closing = False
+        self._admitted: dict[tuple[str, str], tuple[Route, dict[str, str]]] = {}
+        """The inference paths of the functions served, each matched once: a regular expression per
+        request cost ~1 us of a Lambda invocation (bench/lambda_warm.py). Bounded by the registry and
+        the route table: paths naming a version, or a function not served, are matched every time."""
         self.monitor = Monitor()
         """Prediction cache and drift counting around each model run, for the functions that ask."""
         self.metrics: Any = None
@@ -137,7 +141,13 @@ class Service:
         unknown ones included, so nothing answers but 401 without it), then the route."""
         if path not in PUBLIC_PATHS:
             check_api_key(headers, self.key)
-        return match(method, path)
+        known = self._admitted.get((method, path))
+        if known is not None:
+            return known[0], dict(known[1])
+        route, params = match(method, path)
+        if route.body is not None and "version" not in params and params.get("name") in self.registry.specs:
+            self._admitted[(method, path)] = (route, dict(params))  # a served function's own inference paths
+        return route, params
 
     def handle(self, request: HttpRequest) -> HttpResponse:
         """One request, inference in this thread; every error becomes its status and JSON."""

@@ -81,6 +81,24 @@ def test_the_key_is_checked_before_the_route_so_nothing_answers_but_401_without_
     assert service.handle(HttpRequest("GET", "/nowhere", {"x-api-key": KEY})).status == 404
 
 
+def test_routes_matched_once_answer_as_the_first_time_and_only_served_paths_are_kept(registry: Registry) -> None:
+    service = Service(registry, key=KEY)
+    first = service.admit("POST", "/functions/rows", {"x-api-key": KEY})
+    first[1]["name"] = "changed by a caller"  # the kept match is not the caller's dict
+    again = service.admit("POST", "/functions/rows", {"x-api-key": KEY})
+    assert (again[0].operation, again[1]) == (first[0].operation, {"name": "rows"})
+    with pytest.raises(Exception, match="API key"):  # the key is still checked on every request
+        service.admit("POST", "/functions/rows", {})
+    for i in range(50):  # names not served, versions, other methods: matched each time, never kept
+        service.admit("POST", f"/functions/not-served-{i}", {"x-api-key": KEY})
+        service.admit("POST", f"/v2/models/rows/versions/{i}/infer", {"x-api-key": KEY})
+    with pytest.raises(Exception, match="not allowed"):
+        service.admit("GET", "/functions/rows", {"x-api-key": KEY})
+    assert set(service._admitted) == {("POST", "/functions/rows")}
+    answer = service.handle(post("/functions/rows", {"x": [[1, 2, 3, 4]]}, **{"x-api-key": KEY}))
+    assert answer.body == {"total": [10.0]}
+
+
 def test_request_header_names_are_lower_case_and_the_callers_dict_is_left_alone() -> None:
     sent = {"Content-Type": "application/json", "X-Api-Key": "k"}
     assert HttpRequest("POST", "/", sent).headers == {"content-type": "application/json", "x-api-key": "k"}
