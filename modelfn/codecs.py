@@ -181,7 +181,7 @@ class Codec:
         raise NotImplementedError
 
     def encode(self, outputs: dict[str, np.ndarray], single: bool) -> dict[str, Any]:
-        return {name: to_json(value[0] if single and value.ndim else value) for name, value in outputs.items()}
+        return {name: to_json(value, single) for name, value in outputs.items()}
 
 
 class TensorCodec(Codec):

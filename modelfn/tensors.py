@@ -164,25 +164,30 @@ def _shaped(array: np.ndarray, info: TensorInfo) -> np.ndarray:
     return array
 
 
-def to_json(array: np.ndarray | np.generic) -> Any:
-    """An output as JSON values of the same shape. JSON has no NaN: a non-finite float
-    becomes null rather than an invalid document; bytes become text."""
+def to_json(array: np.ndarray | np.generic, first: bool = False) -> Any:
+    """An output as JSON values of the same shape; with `first`, its first item along the batch
+    axis (the answer to one item sent without that axis), taken from the values rather than as
+    a NumPy view. JSON has no NaN: a non-finite float becomes null rather than an invalid
+    document; bytes become text."""
     values = array.tolist()
+    ndim = array.ndim
+    if first and ndim:
+        values, ndim = values[0], ndim - 1
     kind = array.dtype.kind
-    if kind == "f" and array.size and not _finite_sum(values, array):
+    if kind == "f" and array.size and not _finite_sum(values, ndim, array):
         return _finite(values)
     if kind in "OS":
         return _text(values)
     return values
 
 
-def _finite_sum(values: Any, array: np.ndarray | np.generic) -> bool:
+def _finite_sum(values: Any, ndim: int, array: np.ndarray | np.generic) -> bool:
     """Whether an output's values are all finite, told from the Python values `to_json` has
-    already made when it has at most one axis. A float64 sum can overflow to Infinity though
+    already made when they have at most one axis. A float64 sum can overflow to Infinity though
     every value is finite: `_finite` then just returns the same values, a little later."""
-    if array.ndim == 0:
+    if ndim == 0:
         return math.isfinite(values)
-    if array.ndim == 1:
+    if ndim == 1:
         return math.isfinite(sum(values))
     return all_finite(array)
 

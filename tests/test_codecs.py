@@ -370,9 +370,18 @@ def test_image_formats_beyond_the_listed_ones_are_not_opened(body: bytes, messag
         fn.predict(body=body, content_type="image/png")
 
 
+def test_a_single_items_answer_is_the_first_item_of_each_output() -> None:
+    from modelfn.tensors import to_json
+
+    assert to_json(np.array([7, 8], dtype=np.int64), first=True) == 7
+    assert to_json(np.array([[b"yes", b"no"]], dtype=object), first=True) == ["yes", "no"]
+    assert to_json(np.array([[[1.5, np.nan]]], dtype=np.float32), first=True) == [[1.5, None]]
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("size", [1, 2, 64, 65, 1000])
 def test_finiteness_is_told_alike_for_small_and_large_arrays(dtype: type, size: int) -> None:
+    """Also for the first item of a batch, as a single item's answer is made."""
     from modelfn.tensors import all_finite, to_json
 
     largest = float(np.finfo(dtype).max)
@@ -384,5 +393,7 @@ def test_finiteness_is_told_alike_for_small_and_large_arrays(dtype: type, size: 
             assert all_finite(array) is (bad is None)
             expected = [None if not np.isfinite(v) else float(v) for v in values.tolist()]
             assert to_json(array) == (expected if array.ndim == 1 else [expected])
+            assert to_json(array, first=True) == (expected[0] if array.ndim == 1 else expected)
     assert to_json(np.array(largest, dtype=dtype)) == largest
+    assert to_json(np.array(largest, dtype=dtype), first=True) == largest  # no axis to take an item from
     assert to_json(np.array(float("nan"), dtype=dtype)) is None
