@@ -38,6 +38,10 @@ def coerce_item(value: Any, info: TensorInfo, nan_policy: str = "reject") -> tup
 
 def _typed(value: Any, info: TensorInfo, nan_policy: str) -> np.ndarray:
     want = info.dtype
+    if want.kind == "f" and type(value) is list and value and type(value[0]) is not list:
+        row = _finite_row(value, want) if nan_policy == "reject" else None
+        if row is not None:
+            return row
     if want.kind in "iu" and not isinstance(value, np.ndarray):
         exact = _exact_integers(value, info, want)
         if exact is not None:
@@ -60,6 +64,30 @@ def _typed(value: Any, info: TensorInfo, nan_policy: str) -> np.ndarray:
             raise InvalidInput(f"input {info.name!r}: expected strings, got {got}", input=info.name)
         return array.astype(object)
     return _numeric(array, info, want, nan_policy)
+
+
+_FLOAT_LIMITS = {
+    np.dtype(np.float16): float(np.finfo(np.float16).max),
+    np.dtype(np.float32): 2.0**53,
+    np.dtype(np.float64): 2.0**53,
+}
+"""The largest magnitude `_finite_row` takes: float16's own largest; 2**53 for the others, so any
+integer in the row is exact as a float and is rounded once, as the general path rounds it (an
+integer past int64 even makes it refuse the row): larger values go the general way."""
+
+
+def _finite_row(values: list[Any], want: np.dtype) -> np.ndarray | None:
+    """One flat list of finite numbers inside `want`'s range, made into an array in one cast:
+    the usual single-row request, checked on the parsed values themselves (C loops over them,
+    no NumPy reduction, no second copy). None for anything else (a string, None, NaN, a value
+    too large): the general path decides and words it."""
+    limit = _FLOAT_LIMITS.get(want)
+    try:
+        if limit is None or not (math.isfinite(sum(values)) and -limit <= min(values) and max(values) <= limit):
+            return None
+    except (TypeError, OverflowError):  # not all numbers; an integer past any float
+        return None
+    return np.asarray(values, dtype=want)
 
 
 def _exact_integers(value: Any, info: TensorInfo, want: np.dtype) -> np.ndarray | None:

@@ -370,6 +370,52 @@ def test_image_formats_beyond_the_listed_ones_are_not_opened(body: bytes, messag
         fn.predict(body=body, content_type="image/png")
 
 
+ROWS = [
+    [1.5, 2, True],
+    [0.1, -2.5e-8, 3],
+    [False, True, False],
+    [1e39, 0, 0],  # past float32 and float16, not float64
+    [70000.0, 1, 2],  # past float16 only
+    [3.4028234663852886e38, -3.4028234663852886e38, 0],  # float32's largest
+    [float("nan"), 1, 2],
+    [float("inf"), 1, 2],
+    [1.7e308, 1.7e308, 0],  # finite values whose sum is not
+    [10**400, 1, 2],
+    [10**20, 1, 2],
+    [2**60 + 1, 1, 2],  # exact as int64, not as a float: rounded once either way
+    [1e30, -1e30, 65504.0],
+    ["a", 1, 2],
+    ["1.5", 1, 2],
+    [None, 1, 2],
+    [1, [2], 3],
+    [{"a": 1}, 2, 3],
+]
+
+
+@pytest.mark.parametrize("dtype", ["tensor(float16)", "tensor(float)", "tensor(double)"])
+@pytest.mark.parametrize("policy", ["reject", "allow"])
+def test_one_row_of_numbers_is_taken_as_the_general_path_takes_it(
+    dtype: str, policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flat list of numbers is checked and cast in one step; anything else is left to the
+    general path, so both give the same array or the same refusal for every row."""
+    import modelfn.tensors as tensors
+
+    info = TensorInfo("x", dtype, (None, 3))
+
+    def outcome(row: list) -> tuple[str, object]:
+        try:
+            array, single = tensors.coerce_item(row, info, policy)
+        except InvalidInput as exc:
+            return "refused", exc.message
+        return str(array.dtype), (array.tobytes(), array.shape, single)
+
+    fast = [outcome(row) for row in ROWS]
+    monkeypatch.setattr(tensors, "_finite_row", lambda values, want: None)
+    assert fast == [outcome(row) for row in ROWS]
+    assert fast[0][0] == str(info.dtype) and fast[13][0] == "refused"
+
+
 def test_a_single_items_answer_is_the_first_item_of_each_output() -> None:
     from modelfn.tensors import to_json
 
