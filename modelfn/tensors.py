@@ -38,8 +38,8 @@ def coerce_item(value: Any, info: TensorInfo, nan_policy: str = "reject") -> tup
 
 def _typed(value: Any, info: TensorInfo, nan_policy: str) -> np.ndarray:
     want = info.dtype
-    if want.kind == "f" and type(value) is list and value and type(value[0]) is not list:
-        row = _finite_row(value, want) if nan_policy == "reject" else None
+    if want.kind == "f" and nan_policy == "reject" and type(value) is list and value and type(value[0]) is not list:
+        row = _finite_row(value, want)
         if row is not None:
             return row
     if want.kind in "iu" and not isinstance(value, np.ndarray):
