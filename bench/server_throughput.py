@@ -2,9 +2,12 @@
 ratio to offline `session.run` measured in the same round (budget >= 0.9): at batch 32 for
 concurrency above 1, at batch 1 for concurrency 1; with wrk also p50 and p99 per round
 (budget: p99 <= 1.5x p50), and the best round of each against the best of its floor.
-Micro-batching on and off. The four
-variants take turns round by round (offline 32, offline 1, on, off, ...), so machine load
-hits all alike; medians and minimums over the rounds. Loopback only; asserts nothing.
+Three servers, started once and warmed: modelfn with micro-batching on and off, and a peer, a
+plain ASGI `async def` that tokenises and calls `session.run` on the event loop (what uvicorn,
+loopback and the client cost at the least: at concurrency 1 it is the ceiling of any server
+here). Each round measures the two offline floors, then each server, the first in turn, so
+machine load hits all alike; medians and minimums over the rounds. Loopback only; asserts
+nothing.
 
     python bench/server_throughput.py [--requests 1024] [--concurrency 32] [--rounds 3] [--client wrk|raw]
 
@@ -21,15 +24,18 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
-from load import RawConnection, ServerProcess, wrk_load
+from load import RawConnection, ServerProcess, free_port, wrk_load
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTION = ROOT / "functions" / "sentence-embed"
+PATH = "/functions/sentence-embed"
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "A model behind an API in minutes.",
@@ -94,11 +100,57 @@ def _functions_dir(batching: bool, max_batch: int | None = None, gpu: bool = Fal
     return root
 
 
+PEER = """
+import sys
+
+sys.path.insert(0, {folder!r})
+import hooks
+import onnxruntime as ort
+import orjson
+
+session = ort.InferenceSession({model!r}, providers=["CPUExecutionProvider"])  # ONNX Runtime's defaults, as offline
+HEADERS = [(b"content-type", b"application/json")]
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    if scope["method"] == "GET":  # the readiness probe
+        answer = b'{{"ready":true}}'
+    else:
+        embedding = session.run(None, hooks.tokenize([orjson.loads(body)["text"]]))[0]
+        answer = orjson.dumps({{"embedding": embedding[0].tolist()}})
+    headers = HEADERS + [(b"content-length", str(len(answer)).encode())]
+    await send({{"type": "http.response.start", "status": 200, "headers": headers}})
+    await send({{"type": "http.response.body", "body": answer}})
+"""
+
+
+class PeerProcess(ServerProcess):
+    """The peer: a plain ASGI `async def` under uvicorn that tokenises and calls `session.run` on
+    the event loop, nothing else (no routing, checks or metrics): what any server on uvicorn,
+    loopback and this client cost beyond the model, at its least."""
+
+    def __init__(self) -> None:
+        self.name = "peer"
+        self.port = free_port()
+        self.scratch = Path(tempfile.mkdtemp(prefix="modelfn-peer-"))
+        (self.scratch / "peer.py").write_text(PEER.format(folder=str(FUNCTION), model=str(FUNCTION / "model.onnx")))
+        self.log = (self.scratch / "server.log").open("w+b")
+        command = [sys.executable, "-m", "uvicorn", "peer:app", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--log-level", "warning", "--no-access-log"]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.scratch)
+
+
 async def _load(port: int, requests: int, concurrency: int) -> float:
     """Requests per second from `concurrency` keep-alive connections of the raw client in
     bench/load.py: with two cores shared, a heavier client would slow the server it measures."""
     bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
-    connections = [RawConnection("127.0.0.1", port, "/functions/sentence-embed", bodies) for _ in range(concurrency)]
+    connections = [RawConnection("127.0.0.1", port, PATH, bodies) for _ in range(concurrency)]
     for index, connection in enumerate(connections):  # open connections, warm the batcher
         status, _ = await connection.send(index)
         assert status == 200
@@ -118,29 +170,39 @@ async def _load(port: int, requests: int, concurrency: int) -> float:
     return requests / elapsed
 
 
-LATENCY: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}  # (p50, p99) in ms, from wrk
+SERVERS = {"on": "modelfn, batching on", "off": "modelfn, batching off", "peer": "peer (plain async def)"}
+LATENCY: dict[str, list[tuple[float, float]]] = {name: [] for name in SERVERS}  # (p50, p99) in ms, from wrk
 
 
-def served(batching: bool, requests: int, concurrency: int, client: str = "raw") -> float:
-    functions = _functions_dir(batching)
-    server = ServerProcess("sentence-embed", functions)
-    try:
+def start_servers() -> tuple[dict[str, ServerProcess], list[Path]]:
+    """The three servers, started once and warmed (every sentence's shape once): they then take
+    their turns between the offline floors round by round, idle while the others are measured."""
+    folders = [_functions_dir(True), _functions_dir(False)]
+    servers = {"on": ServerProcess("sentence-embed", folders[0]), "off": ServerProcess("sentence-embed", folders[1])}
+    servers["peer"] = PeerProcess()
+    bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
+    for server in servers.values():
         server.wait_ready()
-        if client == "raw":
-            return asyncio.run(_load(server.port, requests, concurrency))
-        bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
-        wrk_load(server.port, "/functions/sentence-embed", bodies, 1, concurrency)  # warm-up
-        # wrk stops with its last requests unanswered: let the server finish that batch, or the
-        # measured run's first requests queue behind it (at 3 s of c=32 that alone is 2-3 % of
-        # the requests, so p99 would measure the seam between the two wrk runs)
-        time.sleep(0.5)
-        seconds = max(2, round(requests / 400))  # about as long as the raw client's run at this size
-        figures = wrk_load(server.port, "/functions/sentence-embed", bodies, seconds, concurrency)
-        LATENCY["on" if batching else "off"].append((figures["p50_ms"], figures["p99_ms"]))
-        return figures["per_second"]
-    finally:
-        server.stop()
-        shutil.rmtree(functions, ignore_errors=True)
+        for body in bodies:
+            request = urllib.request.Request(server.base + PATH, body, {"content-type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                assert "embedding" in json.load(response)
+    return servers, folders
+
+
+def served(server: ServerProcess, name: str, requests: int, concurrency: int, client: str = "raw") -> float:
+    if client == "raw":
+        return asyncio.run(_load(server.port, requests, concurrency))
+    bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
+    # wrk stops with its last requests unanswered: let the server finish that batch, or the
+    # measured run's first requests queue behind it (at 3 s of c=32 that alone is 2-3 % of
+    # the requests, so p99 would measure the seam between the two wrk runs)
+    wrk_load(server.port, PATH, bodies, 1, concurrency)  # warm the connections and the batcher
+    time.sleep(0.5)
+    seconds = max(2, round(requests / 400))  # about as long as the raw client's run at this size
+    figures = wrk_load(server.port, PATH, bodies, seconds, concurrency)
+    LATENCY[name].append((figures["p50_ms"], figures["p99_ms"]))
+    return figures["per_second"]
 
 
 def main() -> None:
@@ -154,34 +216,47 @@ def main() -> None:
         raise SystemExit("build the model first: python functions/sentence-embed/build.py")
 
     floor = "offline batch 1" if args.concurrency == 1 else "offline batch 32"
-    figures: dict[str, list[float]] = {name: [] for name in ("offline batch 32", "offline batch 1")}
-    figures.update(on=[], off=[])
-    for _ in range(args.rounds):
-        figures["offline batch 32"].append(offline(32, max(4, args.requests // 32)))
-        # as many runs as the server answers requests when batch 1 is the floor: a 64-run floor
-        # (0.2 s) moved with every burst of machine load, the ratio with it
-        figures["offline batch 1"].append(offline(1, args.requests if args.concurrency == 1 else 64))
-        figures["on"].append(served(True, args.requests, args.concurrency, args.client))
-        figures["off"].append(served(False, args.requests, args.concurrency, args.client))
+    figures: dict[str, list[float]] = {name: [] for name in ("offline batch 32", "offline batch 1", *SERVERS)}
+    servers, folders = start_servers()
+    try:
+        for round_ in range(args.rounds):
+            figures["offline batch 32"].append(offline(32, max(4, args.requests // 32)))
+            # as many runs as the server answers requests when batch 1 is the floor: a 64-run floor
+            # (0.2 s) moved with every burst of machine load, the ratio with it
+            figures["offline batch 1"].append(offline(1, args.requests if args.concurrency == 1 else 64))
+            names = list(SERVERS)
+            for name in names[round_ % 3 :] + names[: round_ % 3]:  # each server first in turn
+                figures[name].append(served(servers[name], name, args.requests, args.concurrency, args.client))
+    finally:
+        for server in servers.values():
+            server.stop()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
     print(f"sentence-embed, c={args.concurrency}, {args.requests} requests, {args.rounds} rounds, client {args.client}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'':28} {'per round':>30} {'median':>8}")
+    print(f"{'':34} {'per round':>30} {'median':>8}")
     for name, values in figures.items():
-        label = f"server, batching {name}" if name in ("on", "off") else f"{name} session.run"
+        label = SERVERS.get(name, f"{name} session.run")
         rounds = " ".join(f"{v:7.1f}" for v in values)
-        print(f"{label:28} {rounds:>30} {statistics.median(values):8.1f}  /s")
-    for name in ("on", "off"):
+        print(f"{label:34} {rounds:>30} {statistics.median(values):8.1f}  /s")
+    for name, label in SERVERS.items():
         ratios = [v / base for v, base in zip(figures[name], figures[floor], strict=True)]
         print(
-            f"ratio to {floor}, batching {name:3}: median {statistics.median(ratios):.2f}, "
-            f"min {min(ratios):.2f}, per round {' '.join(f'{r:.2f}' for r in ratios)}  (budget >= 0.90)"
+            f"{label} to {floor}: median {statistics.median(ratios):.2f}, min {min(ratios):.2f}, "
+            f"per round {' '.join(f'{r:.2f}' for r in ratios)}" + ("  (budget >= 0.90)" if name == "on" else "")
         )
         # the best round of each is the least disturbed by other load on a shared machine
         print(f"  best round against best round: {max(figures[name]) / max(figures[floor]):.2f}")
+    against = [on / peer for on, peer in zip(figures["on"], figures["peer"], strict=True)]
+    print(
+        f"modelfn (batching on) to the peer: median {statistics.median(against):.2f}, per round "
+        + " ".join(f"{r:.2f}" for r in against)
+    )
     for name, latencies in LATENCY.items():
         if latencies:
             rounds = " ".join(f"{p50:.1f}/{p99:.1f} ({p99 / p50:.2f})" for p50, p99 in latencies)
-            print(f"batching {name:3} p50/p99 ms (p99/p50) per round: {rounds}  (budget: p99 <= 1.5x p50)")
+            budget = "  (budget: p99 <= 1.5x p50)" if name == "on" else ""
+            print(f"{SERVERS[name]} p50/p99 ms (p99/p50) per round: {rounds}{budget}")
 
 
 if __name__ == "__main__":
