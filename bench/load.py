@@ -222,6 +222,22 @@ async def closed_loop(
     return requests / (time.perf_counter() - started), sorted(latencies)
 
 
+class PeerProcess(ServerProcess):
+    """A hand-written ASGI app under uvicorn (`source`: the text of its module, which defines
+    `app`), with ServerProcess's readiness and stop: the peers the server benches measure
+    modelfn against."""
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.scratch = Path(tempfile.mkdtemp(prefix="modelfn-peer-"))
+        (self.scratch / "peer.py").write_text(source)
+        self.log = (self.scratch / "server.log").open("w+b")
+        command = [sys.executable, "-m", "uvicorn", "peer:app", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--log-level", "warning", "--no-access-log"]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.scratch)
+
+
 WRK_SCRIPT = """
 local bodies = {%s}
 local next_body = 0

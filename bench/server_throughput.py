@@ -24,14 +24,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from load import RawConnection, ServerProcess, free_port, wrk_load
+from load import PeerProcess, RawConnection, ServerProcess, wrk_load
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTION = ROOT / "functions" / "sentence-embed"
@@ -130,22 +129,6 @@ async def app(scope, receive, send):
 """
 
 
-class PeerProcess(ServerProcess):
-    """The peer: a plain ASGI `async def` under uvicorn that tokenises and calls `session.run` on
-    the event loop, nothing else (no routing, checks or metrics): what any server on uvicorn,
-    loopback and this client cost beyond the model, at its least."""
-
-    def __init__(self) -> None:
-        self.name = "peer"
-        self.port = free_port()
-        self.scratch = Path(tempfile.mkdtemp(prefix="modelfn-peer-"))
-        (self.scratch / "peer.py").write_text(PEER.format(folder=str(FUNCTION), model=str(FUNCTION / "model.onnx")))
-        self.log = (self.scratch / "server.log").open("w+b")
-        command = [sys.executable, "-m", "uvicorn", "peer:app", "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--log-level", "warning", "--no-access-log"]
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.scratch)
-
-
 async def _load(port: int, requests: int, concurrency: int) -> float:
     """Requests per second from `concurrency` keep-alive connections of the raw client in
     bench/load.py: with two cores shared, a heavier client would slow the server it measures."""
@@ -179,7 +162,7 @@ def start_servers() -> tuple[dict[str, ServerProcess], list[Path]]:
     their turns between the offline floors round by round, idle while the others are measured."""
     folders = [_functions_dir(True), _functions_dir(False)]
     servers = {"on": ServerProcess("sentence-embed", folders[0]), "off": ServerProcess("sentence-embed", folders[1])}
-    servers["peer"] = PeerProcess()
+    servers["peer"] = PeerProcess("peer", PEER.format(folder=str(FUNCTION), model=str(FUNCTION / "model.onnx")))
     bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
     for server in servers.values():
         server.wait_ready()

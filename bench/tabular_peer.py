@@ -14,12 +14,10 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from load import ServerProcess, closed_loop, free_port
+from load import PeerProcess, ServerProcess, closed_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "functions" / "breast-cancer" / "model.onnx"
@@ -51,20 +49,6 @@ async def ready() -> dict[str, bool]:
 """
 
 
-class PeerProcess(ServerProcess):
-    """The hand-written FastAPI endpoint under uvicorn, with ServerProcess's readiness and stop."""
-
-    def __init__(self) -> None:
-        self.name = "fastapi peer"
-        self.port = free_port()
-        self.scratch = Path(tempfile.mkdtemp(prefix="modelfn-peer-"))
-        (self.scratch / "peer.py").write_text(PEER.format(model=str(MODEL), path=PATH))
-        self.log = (self.scratch / "server.log").open("w+b")
-        command = [sys.executable, "-m", "uvicorn", "peer:app", "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--log-level", "warning", "--no-access-log"]
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.scratch)
-
-
 def bodies() -> list[bytes]:
     from sklearn.datasets import load_breast_cancer
 
@@ -87,7 +71,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     payloads = bodies()
-    servers = {"modelfn serve": ServerProcess("breast-cancer"), "fastapi peer": PeerProcess()}
+    fastapi = PeerProcess("fastapi peer", PEER.format(model=str(MODEL), path=PATH))
+    servers = {"modelfn serve": ServerProcess("breast-cancer"), "fastapi peer": fastapi}
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in servers}
     try:
         for server in servers.values():
