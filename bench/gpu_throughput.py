@@ -28,9 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from load import ServerProcess, closed_loop, wrk_load
-from server_throughput import FUNCTION, SENTENCES, _functions_dir
-
-PATH = "/functions/sentence-embed"
+from server_throughput import BODIES, FUNCTION, PATH, SENTENCES, _functions_dir
 
 
 def offline(provider: str, batch: int, seconds: float = 5.0) -> float:
@@ -77,9 +75,8 @@ def serve(cuda: bool, workers: int, max_batch: int, args: argparse.Namespace) ->
     server = ServerProcess("sentence-embed", functions)
     try:
         server.wait_ready()
-        bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
-        asyncio.run(closed_loop(server.port, PATH, bodies, min(2000, args.requests), args.concurrency))  # warm-up
-        return drive(server.port, bodies, args.requests, args.concurrency, args.clients)
+        asyncio.run(closed_loop(server.port, PATH, BODIES, min(2000, args.requests), args.concurrency))  # warm-up
+        return drive(server.port, BODIES, args.requests, args.concurrency, args.clients)
     finally:
         server.stop()
         shutil.rmtree(functions, ignore_errors=True)

@@ -53,6 +53,8 @@ SENTENCES = [
     "An S3 object that cannot be processed is reported.",
     "Throughput is measured, never assumed.",
 ]
+BODIES = [json.dumps({"text": s}).encode() for s in SENTENCES]
+"""The requests every server here is sent, the sentences in turn."""
 
 
 def offline(batch: int, rounds: int) -> float:
@@ -132,8 +134,7 @@ async def app(scope, receive, send):
 async def _load(port: int, requests: int, concurrency: int) -> float:
     """Requests per second from `concurrency` keep-alive connections of the raw client in
     bench/load.py: with two cores shared, a heavier client would slow the server it measures."""
-    bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
-    connections = [RawConnection("127.0.0.1", port, PATH, bodies) for _ in range(concurrency)]
+    connections = [RawConnection("127.0.0.1", port, PATH, BODIES) for _ in range(concurrency)]
     for index, connection in enumerate(connections):  # open connections, warm the batcher
         status, _ = await connection.send(index)
         assert status == 200
@@ -159,31 +160,43 @@ LATENCY: dict[str, list[tuple[float, float]]] = {name: [] for name in SERVERS}  
 
 def start_servers() -> tuple[dict[str, ServerProcess], list[Path]]:
     """The three servers, started once and warmed (every sentence's shape once): they then take
-    their turns between the offline floors round by round, idle while the others are measured."""
+    their turns round by round, idle while the others are measured. If one fails to start, those
+    already started are stopped before the error goes on."""
     folders = [_functions_dir(True), _functions_dir(False)]
-    servers = {"on": ServerProcess("sentence-embed", folders[0]), "off": ServerProcess("sentence-embed", folders[1])}
-    servers["peer"] = PeerProcess("peer", PEER.format(folder=str(FUNCTION), model=str(FUNCTION / "model.onnx")))
-    bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
-    for server in servers.values():
-        server.wait_ready()
-        for body in bodies:
-            request = urllib.request.Request(server.base + PATH, body, {"content-type": "application/json"})
-            with urllib.request.urlopen(request, timeout=60) as response:
-                assert "embedding" in json.load(response)
+    servers: dict[str, ServerProcess] = {}
+    try:
+        servers["on"] = ServerProcess("sentence-embed", folders[0])
+        servers["off"] = ServerProcess("sentence-embed", folders[1])
+        servers["peer"] = PeerProcess("peer", PEER.format(folder=str(FUNCTION), model=str(FUNCTION / "model.onnx")))
+        for server in servers.values():
+            server.wait_ready()
+            for body in BODIES:
+                request = urllib.request.Request(server.base + PATH, body, {"content-type": "application/json"})
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    assert "embedding" in json.load(response)
+    except BaseException:
+        stop_servers(servers, folders)
+        raise
     return servers, folders
+
+
+def stop_servers(servers: dict[str, ServerProcess], folders: list[Path]) -> None:
+    for server in servers.values():
+        server.stop()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def served(server: ServerProcess, name: str, requests: int, concurrency: int, client: str = "raw") -> float:
     if client == "raw":
         return asyncio.run(_load(server.port, requests, concurrency))
-    bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
     # wrk stops with its last requests unanswered: let the server finish that batch, or the
     # measured run's first requests queue behind it (at 3 s of c=32 that alone is 2-3 % of
     # the requests, so p99 would measure the seam between the two wrk runs)
-    wrk_load(server.port, PATH, bodies, 1, concurrency)  # warm the connections and the batcher
+    wrk_load(server.port, PATH, BODIES, 1, concurrency)  # warm the connections and the batcher
     time.sleep(0.5)
     seconds = max(2, round(requests / 400))  # about as long as the raw client's run at this size
-    figures = wrk_load(server.port, PATH, bodies, seconds, concurrency)
+    figures = wrk_load(server.port, PATH, BODIES, seconds, concurrency)
     LATENCY[name].append((figures["p50_ms"], figures["p99_ms"]))
     return figures["per_second"]
 
@@ -216,10 +229,7 @@ def main() -> None:
                 floors[name].append(offline(batch, runs))
                 figures[name].append(served(servers[name], name, args.requests, args.concurrency, args.client))
     finally:
-        for server in servers.values():
-            server.stop()
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+        stop_servers(servers, folders)
     floor = f"offline batch {batch}"
     print(f"sentence-embed, c={args.concurrency}, {args.requests} requests, {args.rounds} rounds, client {args.client}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
